@@ -1,0 +1,160 @@
+"""GPT-2, as nanoGPT writes it, with parameter names that map one to one onto Hugging Face's GPT2LMHeadModel.
+
+Two choices serve the parallel strategies:
+- The fused QKV projection `c_attn` stores its output rows head-major, (head, q|k|v, head_dim),
+  as Megatron does, so a plain column-wise split over the tensor-parallel mesh hands each rank
+  whole heads. Export (`nanodist.export`) permutes the rows back to Hugging Face's q|k|v order.
+- Every top-level piece (embeddings, blocks, final norm, head) may be absent, so a pipeline stage is
+  the same class with the pieces it does not own deleted, and keeps the full model's parameter names.
+
+Weights are initialised per parameter from a generator seeded by (seed, parameter name): any layout
+that owns a parameter, or a shard of it, gets exactly the values one process would.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    vocab_size: int
+    dropout: float = 0.0
+    bias: bool = True
+    tie_embeddings: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.attn_dropout = config.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        # Head-major rows: under tensor parallelism this rank's slice holds n_head / tp whole heads.
+        qkv = self.c_attn(x).view(batch, seq, -1, 3, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
+        dropout = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        y = y.transpose(1, 2).reshape(batch, seq, -1)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                # A dict keyed by layer index keeps names like transformer.h.7 when a pipeline
+                # stage deletes the layers it does not own.
+                h=nn.ModuleDict({str(i): Block(config) for i in range(config.n_layer)}),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head: Optional[nn.Linear] = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Token ids (batch, seq) -> logits (batch, seq, vocab); a pipeline stage maps hidden -> hidden."""
+        t = self.transformer
+        if "wte" in t:
+            positions = torch.arange(x.size(1), device=x.device)
+            x = t.drop(t.wte(x) + t.wpe(positions))
+        for block in t.h.values():
+            x = block(x)
+        if "ln_f" in t:
+            x = t.ln_f(x)
+        if self.lm_head is not None:
+            x = self.lm_head(x)
+        return x
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)), zero biases, unit norms.
+
+        Each parameter draws from its own generator seeded by (seed, name) and is written into
+        whatever this rank holds of it (a DTensor shard, or all of it), so every layout starts equal.
+        """
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                values = lambda shape, gen: torch.randn(shape, generator=gen) * residual_std  # noqa: E731
+            elif name.endswith(".weight") and param.dim() == 2:
+                values = lambda shape, gen: torch.randn(shape, generator=gen) * 0.02  # noqa: E731
+            elif "ln_" in name and name.endswith(".weight"):
+                values = lambda shape, gen: torch.ones(shape)  # noqa: E731
+            else:
+                values = lambda shape, gen: torch.zeros(shape)  # noqa: E731
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            _copy_into_local_shard(param, values(param.shape, gen))
+
+
+def num_params(c: GPTConfig) -> int:
+    """Parameters of the full model without positions (tied weights counted once), nanoGPT's MFU convention."""
+    per_block = 12 * c.n_embd**2 + (13 * c.n_embd if c.bias else 4 * c.n_embd)
+    total = c.n_layer * per_block + c.vocab_size * c.n_embd + 2 * c.n_embd
+    return total if c.tie_embeddings else total + c.vocab_size * c.n_embd
+
+
+def flops_per_token(c: GPTConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T."""
+    return 6 * num_params(c) + 12 * c.n_layer * c.n_head * c.head_dim * seq_len
+
+
+def _copy_into_local_shard(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Write the part of `full` that this rank owns into `param` (a DTensor shard or a plain tensor)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        # src_data_rank=None: every rank computed `full` identically, so each slices its own part.
+        full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
+        param = param.to_local()
+    param.copy_(full.to(device=param.device, dtype=param.dtype))

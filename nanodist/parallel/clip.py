@@ -1,0 +1,38 @@
+"""Gradient-norm clipping by the true global norm, whatever mix of sharded and plain gradients a rank holds."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+
+@torch.no_grad()
+def clip_grad_norm_(params: list[torch.nn.Parameter], max_norm: float, pp_group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """Clip in place to `max_norm` (0 disables clipping) and return the global norm before clipping.
+
+    Gradients are grouped by mesh, since one foreach norm cannot mix DTensors of different meshes
+    (or DTensors and plain tensors); each group's norm is reduced over its own mesh. Pipeline
+    stages hold disjoint parameters, so their squared norms add up over the pp group.
+    """
+    groups: dict = defaultdict(list)
+    for p in params:
+        if p.grad is not None:
+            groups[p.grad.device_mesh if isinstance(p.grad, DTensor) else None].append(p.grad)
+    squares = []
+    for grads in groups.values():
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float() ** 2)
+    total_sq = torch.stack(squares).sum() if squares else torch.zeros(())
+    if pp_group is not None:
+        dist.all_reduce(total_sq, group=pp_group)
+    total = total_sq.sqrt()
+    if max_norm > 0:
+        coef = max_norm / (total.item() + 1e-6)
+        if coef < 1:
+            for grads in groups.values():
+                torch._foreach_mul_(grads, coef)
+    return total

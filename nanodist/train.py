@@ -1,0 +1,231 @@
+"""The training loop of one rank: build, parallelise, train, evaluate, log, summarise.
+
+It reads top to bottom like nanoGPT's train.py; every parallel strategy enters through
+`nanodist.parallel` (whole-model strategies) or `nanodist.parallel.pp` (pipeline stages), so the
+loop itself has one branch: whether this rank runs a pipeline schedule or a plain forward/backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.tensor.parallel import loss_parallel
+
+from nanodist.data import BatchLayout, TokenLoader
+from nanodist.datasets import read_meta
+from nanodist.distributed import RankInfo, agree_on_output_dir, init_process_group, pick_device, shutdown
+from nanodist.metrics import MetricsLog, peak_flops, state_bytes
+from nanodist.model import GPT, GPTConfig, flops_per_token, num_params
+from nanodist.optim import build_optimizer, lr_at
+from nanodist.parallel import parallelize, set_gradient_sync
+from nanodist.parallel.clip import clip_grad_norm_
+from nanodist.parallel.dims import ParallelDims
+from nanodist.sampling import generate_text
+
+log = logging.getLogger("nanodist")
+
+
+def gpt_config(cfg, vocab_size: int) -> GPTConfig:
+    """The model's shape: the config's, with the dataset's vocabulary padded as asked."""
+    m = cfg.model
+    vocab = m.vocab_size or vocab_size
+    multiple = m.pad_vocab_to_multiple
+    vocab = (vocab + multiple - 1) // multiple * multiple
+    return GPTConfig(m.n_layer, m.n_head, m.n_embd, m.block_size, vocab, m.dropout, m.bias, m.tie_embeddings)
+
+
+def run(cfg, rank: RankInfo) -> dict:
+    """Entry point of every rank: join the process group, train, and leave it cleanly."""
+    device = pick_device(cfg.train.device, rank.local_rank)
+    if rank.world_size > 1:
+        init_process_group(device)
+        cfg.output_dir = agree_on_output_dir(cfg.output_dir)
+    setup_logging(cfg.output_dir, rank)
+    try:
+        return train(cfg, rank, device)
+    finally:
+        shutdown()
+
+
+def train(cfg, rank: RankInfo, device: torch.device) -> dict:
+    t, p = cfg.train, cfg.parallel
+    torch.manual_seed(t.seed)
+    dims = ParallelDims.from_config(cfg, rank.world_size)
+    mesh = dims.build_mesh(device.type) if rank.world_size > 1 else None
+    meta = read_meta(cfg.data)
+    config = gpt_config(cfg, meta["vocab_size"])
+    seq_len = t.seq_len or config.block_size
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
+    loss_context = loss_parallel if p.loss_parallel else contextlib.nullcontext
+
+    # ---- model: built on meta, split into stages if pipelined, sharded, then materialised ----
+    if p.pipeline:
+        from nanodist.parallel.pp import build_pipeline
+
+        pipeline = build_pipeline(config, dims, mesh, cfg, device, loss_fn=lambda out, y: cross_entropy(out, y) / t.grad_accum)
+        parts = pipeline.parts
+    else:
+        with torch.device("meta"):
+            model = GPT(config)
+        parts = [parallelize(model, dims, mesh, cfg, device)]
+    params = list({id(q): q for part in parts for q in part.parameters()}.values())
+    optimizer = build_optimizer(params, cfg.optim)
+
+    # ---- data: each dp rank reads its rows of every global batch ----
+    dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
+    layout = BatchLayout(t.batch_size, t.grad_accum, dims.dp, dp_rank)
+    train_loader = TokenLoader(cfg.data, "train", seq_len, layout, t.seed, config.vocab_size)
+    val_loader = TokenLoader(cfg.data, "val", seq_len, layout, t.seed, config.vocab_size)
+
+    metrics = MetricsLog(cfg.output_dir, cfg, t.max_steps, enabled=rank.is_main, print_fn=log.info)
+    flops_per_step = flops_per_token(config, seq_len) * t.batch_size * seq_len
+    peak = peak_flops(device)
+    pp_group = mesh["pp"].get_group() if dims.pp > 1 else None
+    log.info(
+        f"model {config.n_layer}L/{config.n_head}H/{config.n_embd}d, vocab {config.vocab_size}, "
+        f"{num_params(config) / 1e6:.2f}M params | parallel={p.name} mesh pp={dims.pp} "
+        f"dp_replicate={dims.dp_replicate} dp_shard={dims.dp_shard} tp={dims.tp} | device {device}"
+    )
+
+    def forward_backward(micro_batches) -> torch.Tensor:
+        """One optimizer step's gradients; returns this rank's share of the mean loss."""
+        total = torch.zeros((), device=device)
+        for i, (x, y) in enumerate(micro_batches):
+            x, y = x.to(device), y.to(device)
+            set_gradient_sync(parts, i == len(micro_batches) - 1)
+            if p.pipeline:
+                total += pipeline.step(x, y, autocast, loss_context)
+            else:
+                with loss_context():
+                    with autocast:
+                        loss = cross_entropy(parts[0](x), y) / t.grad_accum
+                    loss.backward()
+                total += loss.detach()
+        return total
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        for part in parts:
+            part.eval()
+        total = torch.zeros((), device=device)
+        for i in range(t.eval_iters):
+            for x, y in val_loader.micro_batches(i):
+                x, y = x.to(device), y.to(device)
+                if p.pipeline:
+                    total += pipeline.evaluate(x, y, autocast, loss_context)
+                else:
+                    with loss_context(), autocast:
+                        total += cross_entropy(parts[0](x), y)
+        for part in parts:
+            part.train()
+        return global_mean(total / (t.eval_iters * t.grad_accum), dims, mesh)
+
+    # ---- the loop ----
+    best_val, val_loss, step_times, start = math.inf, None, [], time.perf_counter()
+    loss_value = math.nan
+    for step in range(train_loader.step, t.max_steps):
+        lr = lr_at(step, cfg.optim, t.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_start = time.perf_counter()
+        loss = forward_backward(train_loader.next())
+        grad_norm = clip_grad_norm_(params, cfg.optim.grad_clip, pp_group)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        last = step == t.max_steps - 1
+        evaluating = t.eval_interval > 0 and ((step + 1) % t.eval_interval == 0 or last)
+        if (step + 1) % t.log_interval == 0 or step == 0 or last or evaluating:
+            loss_value = global_mean(loss, dims, mesh)
+            step_time = time.perf_counter() - step_start
+            step_times.append(step_time)
+            record = {
+                "step": step,
+                "loss": loss_value,
+                "lr": lr,
+                "grad_norm": grad_norm.item(),
+                "tokens_per_s": t.batch_size * seq_len / step_time,
+                "tokens_per_s_per_rank": t.batch_size * seq_len / step_time / rank.world_size,
+                "flops_per_s_per_rank": flops_per_step / step_time / rank.world_size,
+                "mfu": flops_per_step / step_time / (peak * rank.world_size) if peak else None,
+                **memory_record(parts, optimizer, device),
+            }
+            if evaluating:
+                val_loss = evaluate()
+                best_val = min(best_val, val_loss)
+                record["val_loss"] = val_loss
+            metrics.log(record)
+
+    summary = {
+        "status": "completed",
+        "final_loss": loss_value,
+        "final_val_loss": val_loss,
+        "best_val_loss": None if math.isinf(best_val) else best_val,
+        "steps": t.max_steps,
+        "tokens_seen": t.max_steps * t.batch_size * seq_len,
+        # The first logged step includes warm-up (allocation, compilation): left out of the mean.
+        "mean_tokens_per_s": t.batch_size * seq_len / (sum(step_times[1:]) / len(step_times[1:])) if len(step_times) > 1 else None,
+        "wall_time_s": time.perf_counter() - start,
+        "world_size": rank.world_size,
+        "parallel": p.name,
+        "mesh": {"pp": dims.pp, "dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp},
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "params": num_params(config),
+        **state_bytes(parts, optimizer),
+    }
+    if t.sample_tokens > 0 and not p.pipeline:
+        sample = generate_text(parts[0], cfg, meta, device, t.sample_tokens)
+        log.info("sample:\n" + sample)
+        summary["sample"] = sample
+    if rank.is_main:
+        Path(cfg.output_dir, "summary.json").write_text(json.dumps(summary, indent=1))
+    metrics.close()
+    return summary
+
+
+def setup_logging(output_dir: str, rank: RankInfo) -> None:
+    """Each rank logs to rank<r>.log in the run dir; rank 0 also prints to the console."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    file_handler = logging.FileHandler(Path(output_dir) / f"rank{rank.rank}.log")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(file_handler)
+    if rank.is_main:
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(console)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean token loss; under loss parallelism `logits` is a vocab-sharded DTensor and so is the math."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(0, 1))
+
+
+def global_mean(value: torch.Tensor, dims: ParallelDims, mesh) -> float:
+    """This rank's loss share averaged over data-parallel ranks; only the last pp stage holds it."""
+    if mesh is None:
+        return value.item()
+    value = value.detach().clone()
+    if dims.pp > 1:
+        dist.all_reduce(value, group=mesh["pp"].get_group())  # the other stages contribute 0
+    dist.all_reduce(value, group=mesh["dp"].get_group())
+    return value.item() / dims.dp
+
+
+def memory_record(parts, optimizer, device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device)}
+    return {"state_bytes": sum(state_bytes(parts, optimizer).values())}
