@@ -10,18 +10,25 @@ from torch.distributed.tensor import DTensor
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.AdamW:
-    """Decay 2-D weights (matmuls, embeddings), not biases or norms, as GPT-2 training does."""
-    params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+    """Decay 2-D weights (matmuls, embeddings), not biases or norms, as GPT-2 training does.
+
+    Parameters are also grouped by kind (plain tensor, or DTensor on a given mesh): one foreach
+    kernel cannot mix them, and under tensor parallelism a rank holds both.
+    """
+    groups: dict = {}
+    for p in params:
+        if not p.requires_grad:
+            continue
+        decay = p.dim() >= 2
+        kind = (p.device_mesh, p.placements) if isinstance(p, DTensor) else None
+        groups.setdefault((decay, kind), []).append(p)
+    param_groups = [
+        {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0} for (decay, _), ps in groups.items()
     ]
     # The fused kernel takes plain tensors only; sharded (DTensor) parameters use foreach.
-    fused = cfg.fused and not any(isinstance(p, DTensor) for p in params)
+    fused = cfg.fused and all(kind is None for _, kind in groups)
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None, foreach=None if fused else True
+        param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None, foreach=None if fused else True
     )
 
 

@@ -13,13 +13,16 @@ import logging
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
+from nanodist.checkpoint import Checkpointer
 from nanodist.data import BatchLayout, TokenLoader
 from nanodist.datasets import read_meta
 from nanodist.distributed import RankInfo, agree_on_output_dir, init_process_group, pick_device, shutdown
@@ -86,6 +89,12 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
     train_loader = TokenLoader(cfg.data, "train", seq_len, layout, t.seed, config.vocab_size)
     val_loader = TokenLoader(cfg.data, "val", seq_len, layout, t.seed, config.vocab_size)
 
+    # ---- checkpoints: resume this run (a restart, a requeue) or checkpoint.resume_from ----
+    checkpointer = Checkpointer.from_config(cfg, parts, optimizer, config, meta, {"parallel": p.name, "mesh": asdict(dims)}, device)
+    resumed = checkpointer.resume(cfg.checkpoint.resume_from)
+    if resumed is not None:
+        train_loader.load_state_dict(resumed["loader"])
+
     metrics = MetricsLog(cfg.output_dir, cfg, t.max_steps, enabled=rank.is_main, print_fn=log.info)
     flops_per_step = flops_per_token(config, seq_len) * t.batch_size * seq_len
     peak = peak_flops(device)
@@ -109,7 +118,7 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
                     with autocast:
                         loss = cross_entropy(parts[0](x), y) / t.grad_accum
                     loss.backward()
-                total += loss.detach()
+                total += as_plain(loss.detach())
         return total
 
     @torch.no_grad()
@@ -124,14 +133,14 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
                     total += pipeline.evaluate(x, y, autocast, loss_context)
                 else:
                     with loss_context(), autocast:
-                        total += cross_entropy(parts[0](x), y)
+                        total += as_plain(cross_entropy(parts[0](x), y))
         for part in parts:
             part.train()
         return global_mean(total / (t.eval_iters * t.grad_accum), dims, mesh)
 
     # ---- the loop ----
     best_val, val_loss, step_times, start = math.inf, None, [], time.perf_counter()
-    loss_value = math.nan
+    loss_value, error, skipped = math.nan, None, 0
     for step in range(train_loader.step, t.max_steps):
         lr = lr_at(step, cfg.optim, t.max_steps)
         for group in optimizer.param_groups:
@@ -139,7 +148,18 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
         step_start = time.perf_counter()
         loss = forward_backward(train_loader.next())
         grad_norm = clip_grad_norm_(params, cfg.optim.grad_clip, pp_group)
-        optimizer.step()
+        if torch.isfinite(grad_norm):  # the global norm: every rank takes the same branch
+            optimizer.step()
+        else:
+            loss_value = global_mean(loss, dims, mesh)
+            problem = f"step {step + 1}: the loss is {loss_value:g} and the gradient norm {grad_norm.item():g}"
+            if t.nan_policy == "stop":
+                error = (f"{problem}; stopped before the update, so the last good checkpoint stays "
+                         f"{checkpointer.latest or 'none (none saved yet)'}; lower optim.lr or set train.nan_policy=skip.")
+                log.error(error)
+                break
+            skipped += 1
+            log.warning(f"{problem}; skipped the update (train.nan_policy=skip).")
         optimizer.zero_grad(set_to_none=True)
 
         last = step == t.max_steps - 1
@@ -164,13 +184,20 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
                 best_val = min(best_val, val_loss)
                 record["val_loss"] = val_loss
             metrics.log(record)
+        checkpointer.maybe_save(train_loader.step, train_loader.state_dict())
+
+    if error is None:
+        checkpointer.maybe_save(train_loader.step, train_loader.state_dict(), final=True)
+    checkpointer.wait()
 
     summary = {
-        "status": "completed",
+        "status": "completed" if error is None else "diverged",
+        "error": error,
+        "skipped_steps": skipped,
         "final_loss": loss_value,
         "final_val_loss": val_loss,
         "best_val_loss": None if math.isinf(best_val) else best_val,
-        "steps": t.max_steps,
+        "steps": train_loader.step,
         "tokens_seen": t.max_steps * t.batch_size * seq_len,
         # The first logged step includes warm-up (allocation, compilation): left out of the mean.
         "mean_tokens_per_s": t.batch_size * seq_len / (sum(step_times[1:]) / len(step_times[1:])) if len(step_times) > 1 else None,
@@ -212,6 +239,11 @@ def setup_logging(output_dir: str, rank: RankInfo) -> None:
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean token loss; under loss parallelism `logits` is a vocab-sharded DTensor and so is the math."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(0, 1))
+
+
+def as_plain(value: torch.Tensor) -> torch.Tensor:
+    """A replicated DTensor (the loss under loss parallelism) as the plain tensor every rank holds."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
 
 
 def global_mean(value: torch.Tensor, dims: ParallelDims, mesh) -> float:
