@@ -62,13 +62,13 @@ def ensure_prepared(data_cfg, log: Callable[[str], None] = print) -> dict:
 
 def locate_source(name: str, relative: str, explicit: Optional[str], url: Optional[str], max_bytes: Optional[int]) -> bytes:
     """Raw bytes of a source file: explicit path, then the mirror, then the URL (first max_bytes)."""
-    mirror = os.environ.get("NANODIST_DATA_MIRROR")
-    for candidate in (explicit, os.path.join(mirror, relative) if mirror else None):
-        if candidate and os.path.isfile(candidate):
-            with open(candidate, "rb") as f:
-                return f.read(max_bytes if max_bytes else -1)
     if explicit:
-        raise DatasetUnavailable(f"data.source={explicit} does not exist; point it at a local copy of {relative}.")
+        if not os.path.isfile(explicit):
+            raise DatasetUnavailable(f"data.source={explicit} does not exist; point it at a local copy of {relative}.")
+        return _read(explicit, max_bytes)
+    mirror = os.environ.get("NANODIST_DATA_MIRROR")
+    if mirror and os.path.isfile(os.path.join(mirror, relative)):
+        return _read(os.path.join(mirror, relative), max_bytes)
     if url is None:
         raise DatasetUnavailable(f"data={name} needs a local source; set data.source or $NANODIST_DATA_MIRROR.")
     try:
@@ -79,6 +79,11 @@ def locate_source(name: str, relative: str, explicit: Optional[str], url: Option
             f"data={name} could not be downloaded from {url} ({err.__class__.__name__}); set data.source to a "
             f"local copy or $NANODIST_DATA_MIRROR to a folder holding {relative}."
         ) from None
+
+
+def _read(path: str, max_bytes: Optional[int]) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(max_bytes if max_bytes else -1)
 
 
 def write_split(out: Path, split: str, ids: np.ndarray | list[int]) -> None:

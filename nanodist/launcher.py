@@ -16,8 +16,8 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from nanodist.config import validate
-from nanodist.datasets import data_dir, ensure_prepared
+from nanodist.config import validate, validate_vocab
+from nanodist.datasets import data_dir, ensure_prepared, read_meta
 from nanodist.distributed import RankInfo, rank_info
 
 log = logging.getLogger("nanodist")
@@ -27,7 +27,11 @@ def launch(cfg: DictConfig) -> Optional[dict]:
     """Validate, prepare the data, start or join the ranks; returns rank 0's run summary."""
     world_size = join_slurm_job() or external_world_size()
     validate(cfg, world_size)
-    prepare_data(cfg.data)
+    if cfg.dry_run:
+        from nanodist.dryrun import dry_run
+
+        return dry_run(OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True)))
+    validate_vocab(cfg, prepare_data(cfg.data)["vocab_size"])
     run_cfg = OmegaConf.to_yaml(cfg, resolve=True)  # workers cannot resolve Hydra's interpolations
     if world_size is not None:
         return worker(run_cfg, rank_info())
@@ -80,12 +84,12 @@ def join_slurm_job() -> Optional[int]:
     return env.world_size
 
 
-def prepare_data(data_cfg) -> None:
-    """Prepare the dataset once: a file lock makes concurrent ranks (torchrun, SLURM) wait for the first."""
-    out = data_dir(data_cfg)
+def prepare_data(data_cfg) -> dict:
+    """Prepare the dataset once and return its meta; a file lock makes concurrent ranks (torchrun, SLURM) wait for the first."""
     if data_cfg.name == "synthetic":
-        return
+        return read_meta(data_cfg)
+    out = data_dir(data_cfg)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".prepare.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        ensure_prepared(data_cfg, log=log.info)
+        return ensure_prepared(data_cfg, log=print)

@@ -27,10 +27,10 @@ def test_env() -> dict:
     return env
 
 
-def launch(run_dir: Path, *overrides: str, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """`python launch.py overrides...` with its Hydra run dir at `run_dir`."""
+def launch(run_dir: Path, *overrides: str, timeout: int = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python launch.py overrides...` with its Hydra run dir at `run_dir` (and extra environment `env`)."""
     cmd = [sys.executable, str(ROOT / "launch.py"), *overrides, f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(cmd, cwd=ROOT, env=test_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=ROOT, env={**test_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(overrides)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

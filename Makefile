@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make train` and `make test` (each sets everything up first).
+PYTHON ?= python3
+VENV ?= .venv
+# This machine has no internet: take torch's CPU build from local disk. On a GPU machine use e.g.
+# `make train TORCH_SPEC="torch>=2.11"` to get a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# A local mirror of the raw data and tokenizer (<mirror>/tinyshakespeare/input.txt, <mirror>/gpt2/gpt2.tiktoken);
+# without one, data is downloaded.
+export NANODIST_DATA_MIRROR ?= $(wildcard $(abspath ../shared/data))
+PY := $(VENV)/bin/python
+
+.PHONY: setup train test soak
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+# Trains the default (4-layer GPT on shakespeare_char, one CPU process) and prints a sample.
+train: setup
+	$(PY) launch.py
+
+test: setup
+	$(PY) -m pytest -q
+
+# The multi-process tests, 20 times in a row: gloo teardown must never abort a run.
+soak: setup
+	for i in $$(seq 20); do echo "soak round $$i"; $(PY) -m pytest -q -x -m multiprocess || exit 1; done
