@@ -9,6 +9,8 @@ import sys
 import tempfile
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nanodist.config import ConfigError, register_configs
@@ -20,11 +22,17 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    # In a sweep a job must raise, not exit: Hydra then records it as failed and runs the others.
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        launch(cfg)
+        summary = launch(cfg)
     except (ConfigError, DatasetUnavailable) as err:
+        if in_sweep:
+            raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    if summary is not None and summary.get("status") == "diverged" and not in_sweep:
+        sys.exit(1)  # the run's log has said why, in one line
 
 
 if __name__ == "__main__":

@@ -12,9 +12,20 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
+# Pipeline schedules (torch's names) by stage placement: one stage per rank, looped (stage s on
+# rank s % pp, several per rank) or V-shaped (rank r holds stages r and 2pp-1-r).
+PP_SCHEDULES = {
+    "GPipe": "single",
+    "1F1B": "single",
+    "Interleaved1F1B": "looped",
+    "LoopedBFS": "looped",
+    "InterleavedZeroBubble": "looped",
+    "ZBVZeroBubble": "v",
+    "DualPipeV": "v",
+}
 
 
 class ConfigError(ValueError):
@@ -138,6 +149,21 @@ class TrainConfig:
     sample_prompt: str = "\n"
     # Local launches: restart all ranks up to this many times after one dies (resuming from a checkpoint).
     max_restarts: int = 0
+    # A NaN or inf loss (or gradient norm): "stop" the run, keeping the last good checkpoint, or
+    # "skip" the update and go on.
+    nan_policy: str = "stop"
+    # torch.compile each transformer block (inductor; on CPU it needs a C++ compiler).
+    compile: bool = False
+    # Recompute block activations in backward instead of keeping them: "none", "full" (every
+    # block) or "selective" (every `ac_every`-th block).
+    activation_checkpointing: str = "none"
+    ac_every: int = 2
+    # Attention kernel: "auto" (PyTorch picks), "flash", "efficient", "math" or "cudnn".
+    sdpa_backend: str = "auto"
+    # TF32 matmuls on GPU (ignored on CPU).
+    tf32: bool = True
+    # Steps (0-based, as in metrics.jsonl) to trace with torch.profiler into <output_dir>/profile/rank<r>/.
+    profile_steps: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -160,6 +186,20 @@ class LauncherConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    # Checkpoints go to <output_dir>/checkpoints, every `interval` steps (0: only at the end) and at the end.
+    enabled: bool = True
+    interval: int = 500
+    # Keep the newest k complete checkpoints (0: all).
+    keep_last: int = 3
+    # Copy the state to CPU memory, then write it in a background thread while training goes on.
+    async_save: bool = False
+    # Start from another run's checkpoint: a step_N dir, a checkpoints dir or a run dir (its newest).
+    # The run's own checkpoints, if it has any (a restart, a requeue), take precedence.
+    resume_from: Optional[str] = None
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -169,13 +209,41 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     # Where this run writes; Hydra sets it to the job's output dir.
     output_dir: str = "${hydra:runtime.output_dir}"
+    # Validate the plan and print per-rank memory estimates from a meta-device model; train nothing.
+    dry_run: bool = False
 
 
 def register_configs() -> None:
     """Make `Config` the schema that conf/config.yaml is merged into."""
     ConfigStore.instance().store(name="nanodist_schema", node=Config)
+
+
+def spread_ranks(dims: Any, ranks: int) -> Optional[str]:
+    """A mesh.shape laying `ranks` (a power of two) over a strategy's mesh dims, so sweeps can say
+    "at 4 ranks" for every strategy: factors of 2 go to the first dim, the last, then those between."""
+    dims, ranks = list(dims), int(ranks)
+    if ranks & (ranks - 1) or ranks < 1 or (not dims and ranks > 1):
+        raise ConfigError(f"cannot lay {ranks} ranks over the mesh dims {dims or 'none'}; use a power of two and a parallel strategy.")
+    if not dims:
+        return None
+    order = list(dict.fromkeys([0, len(dims) - 1, *range(1, len(dims) - 1)]))
+    sizes = [1] * len(dims)
+    for i in range(ranks.bit_length() - 1):
+        sizes[order[i % len(order)]] *= 2
+    return "x".join(map(str, sizes))
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses (mesh/ranks*.yaml, experiments). Registered on import, because a SLURM
+    job resolves its config in a process where launch.py's top level never ran."""
+    OmegaConf.register_new_resolver("nanodist.spread", spread_ranks, replace=True)
+    OmegaConf.register_new_resolver("nanodist.mul", lambda a, b: int(a) * int(b), replace=True)
+
+
+register_resolvers()
 
 
 def resolved_mesh(cfg: Any) -> dict[str, int]:
@@ -191,6 +259,122 @@ def resolved_mesh(cfg: Any) -> dict[str, int]:
             )
         sizes.update({dim: int(p) for dim, p in zip(dims, parts)})
     return sizes
+
+
+def validate_pipeline(cfg: Any, pp: int, dp: int) -> None:
+    """The pipeline checks of `validate`: schedule, stage count and layout, microbatches, tied weights."""
+    m, t, p = cfg.model, cfg.train, cfg.parallel
+    pc = p.pp
+    if pc.schedule not in PP_SCHEDULES:
+        raise ConfigError(f"parallel.pp.schedule={pc.schedule} is not a pipeline schedule; pick one of {', '.join(PP_SCHEDULES)}.")
+    if pc.schedule == "DualPipeV":
+        import torch.distributed.pipelining as pipelining
+
+        if not hasattr(pipelining, "ScheduleDualPipeV"):
+            raise ConfigError("parallel.pp.schedule=DualPipeV needs a newer torch than this one; pick ZBVZeroBubble.")
+    if pp < 2:
+        raise ConfigError(f"parallel={p.name} pipelines over mesh.pp ranks but mesh.pp={pp}; set mesh.pp=2 or more.")
+    if m.tie_embeddings:
+        raise ConfigError(
+            "model.tie_embeddings=true would split the tied embedding and head across pipeline stages; "
+            "set model.tie_embeddings=false."
+        )
+    if p.data_parallel == "ddp":
+        raise ConfigError(f"parallel={p.name} cannot use DDP inside pipeline stages; set parallel.data_parallel=fsdp.")
+    kind, spr = PP_SCHEDULES[pc.schedule], pc.stages_per_rank
+    wanted = {"single": "exactly 1", "looped": "at least 2", "v": "exactly 2"}[kind]
+    if (kind == "single" and spr != 1) or (kind == "looped" and spr < 2) or (kind == "v" and spr != 2):
+        raise ConfigError(f"parallel.pp.schedule={pc.schedule} needs parallel.pp.stages_per_rank {wanted}, not {spr}.")
+    n_stages = pp * spr
+    if n_stages > m.n_layer:
+        raise ConfigError(
+            f"{n_stages} pipeline stages (mesh.pp={pp} x parallel.pp.stages_per_rank={spr}) need at least one layer "
+            f"each but model.n_layer={m.n_layer}; use fewer stages or more layers."
+        )
+    layout = list(pc.layers_per_stage)
+    if layout and (len(layout) != n_stages or min(layout) < 1 or sum(layout) != m.n_layer):
+        raise ConfigError(
+            f"parallel.pp.layers_per_stage={layout} must give {n_stages} stages at least one layer each, "
+            f"{m.n_layer} in all; fix it or leave it empty for an even split."
+        )
+    micro = t.batch_size // (dp * t.grad_accum)
+    n = pc.n_microbatches
+    if n < 1 or micro % n:
+        raise ConfigError(
+            f"parallel.pp.n_microbatches={n} does not divide the per-rank micro-batch of {micro} sequences "
+            f"(train.batch_size / (data-parallel ranks x train.grad_accum)); pick a divisor of {micro}."
+        )
+    rounds = max(1, n // pp)
+    if pc.schedule == "1F1B" and n < pp:
+        raise ConfigError(f"parallel.pp.schedule=1F1B needs parallel.pp.n_microbatches >= mesh.pp={pp}, not {n}.")
+    if pc.schedule in ("Interleaved1F1B", "InterleavedZeroBubble") and n % rounds:
+        raise ConfigError(
+            f"parallel.pp.schedule={pc.schedule} runs microbatches in rounds of mesh.pp={pp}, so "
+            f"parallel.pp.n_microbatches={n} must be a multiple of {rounds}."
+        )
+    if pc.schedule == "DualPipeV" and n < n_stages:
+        raise ConfigError(f"parallel.pp.schedule=DualPipeV needs parallel.pp.n_microbatches >= its {n_stages} stages, not {n}.")
+
+
+def validate_tensor_parallel(cfg: Any, tp: int, seq_len: int) -> None:
+    """The tensor-parallel checks of `validate` that need no data: heads and sequence split over tp."""
+    m, p = cfg.model, cfg.parallel
+    if m.n_head % tp:
+        raise ConfigError(f"model.n_head={m.n_head} is not divisible by mesh.tp={tp}; pick a tp that divides the heads.")
+    if p.sequence_parallel and seq_len % tp:
+        raise ConfigError(
+            f"sequence parallelism splits the {seq_len}-token sequence over mesh.tp={tp}, which does not divide it; "
+            "set train.seq_len to a multiple of the tp size."
+        )
+    if p.async_tp:
+        import torch
+
+        if not (torch.cuda.is_available() and cfg.train.compile):
+            raise ConfigError("parallel.async_tp=true needs CUDA GPUs and train.compile=true; turn it off on CPU.")
+
+
+def padded_vocab_size(model_cfg: Any, dataset_vocab: int) -> int:
+    """The model's vocabulary: its own size or the dataset's, rounded up to model.pad_vocab_to_multiple."""
+    vocab = model_cfg.vocab_size or dataset_vocab
+    multiple = model_cfg.pad_vocab_to_multiple
+    return (vocab + multiple - 1) // multiple * multiple
+
+
+def validate_vocab(cfg: Any, dataset_vocab: int) -> None:
+    """The check that needs the dataset's vocabulary: under tp the embedding and head split it evenly."""
+    vocab = padded_vocab_size(cfg.model, dataset_vocab)
+    tp = resolved_mesh(cfg)["tp"]
+    if cfg.parallel.tensor_parallel and vocab % tp:
+        raise ConfigError(
+            f"the vocabulary of {vocab} tokens cannot be split over mesh.tp={tp}; pad it with "
+            f"model.pad_vocab_to_multiple={tp * 8 if tp * 8 <= 64 else tp} (or 64)."
+        )
+
+
+def validate_checkpoint(cfg: Any) -> None:
+    """The checkpoint checks of `validate`: a resume_from of another model is refused before any rank starts."""
+    c, t = cfg.checkpoint, cfg.train
+    if t.nan_policy not in ("stop", "skip"):
+        raise ConfigError(f"train.nan_policy={t.nan_policy} is not a policy; use stop or skip.")
+    if c.interval < 0 or c.keep_last < 0:
+        raise ConfigError("checkpoint.interval and checkpoint.keep_last must be 0 or more.")
+    if c.resume_from:
+        from nanodist.checkpoint import check_resume_from
+
+        check_resume_from(c.resume_from, cfg.model)
+
+
+def validate_levers(cfg: Any) -> None:
+    """The speed and memory levers of `validate`: activation checkpointing, attention kernel, profiler steps."""
+    t = cfg.train
+    if t.activation_checkpointing not in ("none", "full", "selective"):
+        raise ConfigError(f"train.activation_checkpointing={t.activation_checkpointing} is not a mode; use none, full or selective.")
+    if t.ac_every < 1:
+        raise ConfigError(f"train.ac_every={t.ac_every} must be at least 1 (checkpoint every Nth block).")
+    if t.sdpa_backend not in ("auto", "flash", "efficient", "math", "cudnn"):
+        raise ConfigError(f"train.sdpa_backend={t.sdpa_backend} is not a backend; use auto, flash, efficient, math or cudnn.")
+    if any(step < 0 for step in t.profile_steps):
+        raise ConfigError(f"train.profile_steps={list(t.profile_steps)} must be 0-based step numbers.")
 
 
 def validate(cfg: Any, world_size: Optional[int] = None) -> None:
@@ -248,9 +432,15 @@ def validate(cfg: Any, world_size: Optional[int] = None) -> None:
         )
     if not p.pipeline and sizes["pp"] > 1:
         raise ConfigError(f"mesh.pp={sizes['pp']} needs a pipeline strategy; pick parallel=pp_1f1b (or another pp_*).")
+    if p.pipeline:
+        validate_pipeline(cfg, sizes["pp"], dp)
     if not p.tensor_parallel and sizes["tp"] > 1:
         raise ConfigError(f"mesh.tp={sizes['tp']} needs a tensor-parallel strategy; pick parallel=tp, tp_sp or fsdp_tp.")
+    if p.tensor_parallel:
+        validate_tensor_parallel(cfg, sizes["tp"], seq_len)
     if p.data_parallel == "none" and dp > 1:
         raise ConfigError(f"a data-parallel mesh of {dp} needs a data-parallel strategy; pick parallel=ddp, fsdp or hsdp.")
     if p.data_parallel == "ddp" and sizes["dp_shard"] > 1:
         raise ConfigError("parallel=ddp replicates the model; size it with mesh.dp_replicate (or mesh=N), not mesh.dp_shard.")
+    validate_checkpoint(cfg)
+    validate_levers(cfg)

@@ -9,12 +9,15 @@ starts the mesh's ranks itself with torch's elastic launcher, as `torchrun --sta
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import uuid
+from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
 from nanodist.config import validate, validate_vocab
 from nanodist.datasets import data_dir, ensure_prepared, read_meta
@@ -24,8 +27,22 @@ log = logging.getLogger("nanodist")
 
 
 def launch(cfg: DictConfig) -> Optional[dict]:
-    """Validate, prepare the data, start or join the ranks; returns rank 0's run summary."""
+    """Validate, prepare the data, start or join the ranks; returns rank 0's run summary.
+
+    A run that fails still leaves a summary.json (status "failed" and the error in one line), so
+    a sweep's report lists it beside the runs that finished; the error is then raised as before.
+    """
+    try:
+        return start(cfg)
+    except Exception as err:
+        record_failure(cfg, err)
+        raise
+
+
+def start(cfg: DictConfig) -> Optional[dict]:
+    """The body of `launch`: validate, prepare the data, then join or start the ranks."""
     world_size = join_slurm_job() or external_world_size()
+    default_logger_group(cfg)
     validate(cfg, world_size)
     if cfg.dry_run:
         from nanodist.dryrun import dry_run
@@ -43,6 +60,7 @@ def launch(cfg: DictConfig) -> Optional[dict]:
     return spawn_local(run_cfg, nproc, cfg.train.max_restarts)
 
 
+@record  # writes a failing rank's error where elastic_launch finds it, for `describe_error`
 def worker(run_cfg: str, rank: Optional[RankInfo] = None) -> dict:
     """One rank's whole life; importable, so elastic launch and submitit can start it."""
     from nanodist.train import run
@@ -64,6 +82,10 @@ def spawn_local(run_cfg: str, nproc: int, max_restarts: int) -> dict:
         max_restarts=max_restarts,
         monitor_interval=0.5,
     )
+    # By default torch shares the agent's TCPStore with the ranks and keeps it across restarts
+    # without a per-attempt prefix, so restarted ranks read their dead predecessors' gloo
+    # addresses ("Connection refused"); a fresh store per attempt makes max_restarts work.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     log.info(f"starting {nproc} local ranks (logs: rank*.log in the run dir)")
     results = elastic_launch(config, worker)(run_cfg)
     return results[0]
@@ -80,7 +102,11 @@ def join_slurm_job() -> Optional[int]:
         return None
     import submitit
 
-    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    env = submitit.helpers.TorchDistributedEnvironment()
+    # The first node's hostname is the rendezvous address; where it does not resolve (the
+    # one-machine test cluster) NANODIST_MASTER_ADDR replaces it.
+    env.master_addr = os.environ.get("NANODIST_MASTER_ADDR", env.master_addr)
+    env.export(set_cuda_visible_devices=False)
     return env.world_size
 
 
@@ -93,3 +119,41 @@ def prepare_data(data_cfg) -> dict:
     with open(out / ".prepare.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return ensure_prepared(data_cfg, log=print)
+
+
+def default_logger_group(cfg: DictConfig) -> None:
+    """In a multirun, group the sweep's runs (wandb's group) under the sweep dir unless logger.group is set."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if cfg.logger.group is not None or not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        with open_dict(cfg):
+            cfg.logger.group = str(hydra_cfg.sweep.dir).removeprefix("outputs/multirun/")
+
+
+def record_failure(cfg: DictConfig, err: Exception) -> None:
+    """summary.json of a run that raised, written by the first rank only (all ranks share the run dir)."""
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
+        return
+    try:
+        output_dir = Path(cfg.output_dir)
+    except Exception:  # no Hydra run (a direct call): nowhere to write
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"status": "failed", "error": describe_error(err), "parallel": cfg.parallel.name}
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def describe_error(err: Exception) -> str:
+    """The error in one line; for ranks started here, the first failed rank's own exception."""
+    if isinstance(err, ChildFailedError):
+        rank, failure = err.get_first_failure()
+        message = failure.message["message"] if isinstance(failure.message, dict) else failure.message
+        text = f"rank {rank}: {message}"
+    else:
+        text = f"{type(err).__name__}: {err}"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:500]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.distributed.tensor import DTensor
 
 # Dense bf16 tensor-core peaks, FLOP/s, by a substring of torch.cuda.get_device_name().
@@ -59,6 +60,75 @@ def state_bytes(modules: list[torch.nn.Module], optimizer: torch.optim.Optimizer
         "grad_bytes": local_bytes(p.grad for p in params),
         "optim_bytes": local_bytes(optim_tensors),
     }
+
+
+class SavedActivations:
+    """Measured peak bytes of the activations autograd keeps for backward, on this rank.
+
+    While active, every tensor autograd saves passes through a saved-tensor hook. It is counted once
+    per storage (q, k and v are views of one QKV output), parameters are left out (param_bytes has
+    them), and its bytes are given back when autograd releases it in backward. `peak` is the most
+    held at once: the end of the forward for a plain step, the microbatches in flight for a
+    pipeline schedule. A checkpointed block saves only its input, so activation checkpointing shows
+    here as a lower peak. Temporaries that die inside the forward are not counted. On meta tensors
+    (the dry run) storages are told apart by identity, as they have no addresses.
+    """
+
+    def __init__(self):
+        self.current = self.peak = 0
+        self.held: dict[int, list[int]] = {}  # storage key -> [references, bytes]
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+
+    def __enter__(self) -> "SavedActivations":
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hooks.__exit__(*exc)
+
+    def _pack(self, tensor: torch.Tensor):
+        base = tensor if tensor._base is None else tensor._base
+        if base.is_leaf and base.requires_grad:
+            return tensor
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        key = _storage_key(local)
+        entry = self.held.setdefault(key, [0, local.untyped_storage().nbytes()])
+        if entry[0] == 0:
+            self.current += entry[1]
+            self.peak = max(self.peak, self.current)
+        entry[0] += 1
+        return _Held(self, key, tensor)
+
+    def release(self, key: int) -> None:
+        entry = self.held[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self.held[key]
+
+
+def _storage_key(tensor: torch.Tensor) -> int:
+    """Equal for tensors that share memory: the storage's address, or for meta and fake tensors
+    (which have none) the identity of the tensor their views were taken from."""
+    if tensor.is_meta or isinstance(tensor, FakeTensor):
+        return id(tensor if tensor._base is None else tensor._base)
+    return tensor.untyped_storage().data_ptr()
+
+
+class _Held:
+    """A saved tensor as autograd keeps it; when autograd drops it, its bytes stop counting."""
+
+    __slots__ = ("meter", "key", "tensor")
+
+    def __init__(self, meter: SavedActivations, key: int, tensor: torch.Tensor):
+        self.meter, self.key, self.tensor = meter, key, tensor
+
+    def __del__(self):
+        self.meter.release(self.key)
+
+
+def _unpack(packed):
+    return packed.tensor if isinstance(packed, _Held) else packed
 
 
 class MetricsLog:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import resource
 import sys
 import time
 from dataclasses import asdict
@@ -23,26 +24,27 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
 from nanodist.checkpoint import Checkpointer
+from nanodist.config import padded_vocab_size
 from nanodist.data import BatchLayout, TokenLoader
 from nanodist.datasets import read_meta
 from nanodist.distributed import RankInfo, agree_on_output_dir, init_process_group, pick_device, shutdown
-from nanodist.metrics import MetricsLog, peak_flops, state_bytes
+from nanodist.metrics import MetricsLog, SavedActivations, peak_flops, state_bytes
 from nanodist.model import GPT, GPTConfig, flops_per_token, num_params
 from nanodist.optim import build_optimizer, lr_at
 from nanodist.parallel import parallelize, set_gradient_sync
 from nanodist.parallel.clip import clip_grad_norm_
 from nanodist.parallel.dims import ParallelDims
+from nanodist.profiling import StepProfiler
 from nanodist.sampling import generate_text
+from nanodist.slurm import Preemption
 
 log = logging.getLogger("nanodist")
 
 
-def gpt_config(cfg, vocab_size: int) -> GPTConfig:
+def gpt_config(cfg, dataset_vocab: int) -> GPTConfig:
     """The model's shape: the config's, with the dataset's vocabulary padded as asked."""
     m = cfg.model
-    vocab = m.vocab_size or vocab_size
-    multiple = m.pad_vocab_to_multiple
-    vocab = (vocab + multiple - 1) // multiple * multiple
+    vocab = padded_vocab_size(m, dataset_vocab)
     return GPTConfig(m.n_layer, m.n_head, m.n_embd, m.block_size, vocab, m.dropout, m.bias, m.tie_embeddings)
 
 
@@ -62,6 +64,7 @@ def run(cfg, rank: RankInfo) -> dict:
 def train(cfg, rank: RankInfo, device: torch.device) -> dict:
     t, p = cfg.train, cfg.parallel
     torch.manual_seed(t.seed)
+    set_tf32(device, t.tf32)
     dims = ParallelDims.from_config(cfg, rank.world_size)
     mesh = dims.build_mesh(device.type) if rank.world_size > 1 else None
     meta = read_meta(cfg.data)
@@ -139,14 +142,23 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
         return global_mean(total / (t.eval_iters * t.grad_accum), dims, mesh)
 
     # ---- the loop ----
+    # Memory is measured once (shapes never change): the state after the first step, when gradients
+    # and optimizer state all exist; the activation peak, by saved-tensor hooks, on the second step,
+    # since the first carries one-time work (compilation, a pipeline's shape inference).
+    first_step, activations, state = train_loader.step, SavedActivations(), {}
+    measured_step = first_step + 1 if first_step + 1 < t.max_steps else first_step
+    preemption = Preemption.install()  # SLURM's time-limit signal: checkpoint, then requeue
+    profiler = StepProfiler(t.profile_steps, Path(cfg.output_dir, "profile", f"rank{rank.rank}"), device)
     best_val, val_loss, step_times, start = math.inf, None, [], time.perf_counter()
     loss_value, error, skipped = math.nan, None, 0
     for step in range(train_loader.step, t.max_steps):
         lr = lr_at(step, cfg.optim, t.max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        profiler.start(step)
         step_start = time.perf_counter()
-        loss = forward_backward(train_loader.next())
+        with attention_backend(t.sdpa_backend), activations if step == measured_step else contextlib.nullcontext():
+            loss = forward_backward(train_loader.next())
         grad_norm = clip_grad_norm_(params, cfg.optim.grad_clip, pp_group)
         if torch.isfinite(grad_norm):  # the global norm: every rank takes the same branch
             optimizer.step()
@@ -160,7 +172,10 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
                 break
             skipped += 1
             log.warning(f"{problem}; skipped the update (train.nan_policy=skip).")
+        if step == first_step:
+            state = state_bytes(parts, optimizer)
         optimizer.zero_grad(set_to_none=True)
+        profiler.stop()
 
         last = step == t.max_steps - 1
         evaluating = t.eval_interval > 0 and ((step + 1) % t.eval_interval == 0 or last)
@@ -177,15 +192,24 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
                 "tokens_per_s_per_rank": t.batch_size * seq_len / step_time / rank.world_size,
                 "flops_per_s_per_rank": flops_per_step / step_time / rank.world_size,
                 "mfu": flops_per_step / step_time / (peak * rank.world_size) if peak else None,
-                **memory_record(parts, optimizer, device),
+                **memory_record(state, activations.peak, device),
             }
             if evaluating:
-                val_loss = evaluate()
+                with attention_backend(t.sdpa_backend):
+                    val_loss = evaluate()
                 best_val = min(best_val, val_loss)
                 record["val_loss"] = val_loss
             metrics.log(record)
         checkpointer.maybe_save(train_loader.step, train_loader.state_dict())
+        if preemption is not None and preemption.requested():
+            checkpointer.maybe_save(train_loader.step, train_loader.state_dict(), final=True)
+            checkpointer.wait()
+            log.info(f"signalled before the time limit: saved step {train_loader.step}, requeueing")
+            preemption.requeue()
 
+    if preemption is not None:
+        preemption.close()
+    profiler.stop()  # a step left by `break`
     if error is None:
         checkpointer.maybe_save(train_loader.step, train_loader.state_dict(), final=True)
     checkpointer.wait()
@@ -208,7 +232,8 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
         "model": cfg.model.name,
         "data": cfg.data.name,
         "params": num_params(config),
-        **state_bytes(parts, optimizer),
+        **memory_record(state, activations.peak, device),
+        "peak_host_memory_bytes": peak_host_memory(device),
     }
     if t.sample_tokens > 0 and not p.pipeline:
         sample = generate_text(parts[0], cfg, meta, device, t.sample_tokens)
@@ -257,7 +282,44 @@ def global_mean(value: torch.Tensor, dims: ParallelDims, mesh) -> float:
     return value.item() / dims.dp
 
 
-def memory_record(parts, optimizer, device: torch.device) -> dict:
+def memory_record(state: dict, activation_bytes: int, device: torch.device) -> dict:
+    """Per-rank memory: parameter, gradient and optimizer bytes, the measured activation peak, and
+    on GPU the allocator's true peak (which also holds temporaries, buffers and fragmentation)."""
+    record = {**state, "activation_bytes": activation_bytes}
     if device.type == "cuda":
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device)}
-    return {"state_bytes": sum(state_bytes(parts, optimizer).values())}
+        record["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    return record
+
+
+def peak_host_memory(device: torch.device) -> int:
+    """The largest resident set any rank has had so far (bytes): what a machine's RAM must hold per rank."""
+    peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return int(peak.item())
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """TF32 tensor-core matmuls for fp32 on GPU (a ~10-bit mantissa, as every large run uses); no-op on CPU."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
+SDPA_BACKENDS = {
+    "flash": "FLASH_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "math": "MATH",
+    "cudnn": "CUDNN_ATTENTION",
+}
+
+
+def attention_backend(name: str):
+    """A context pinning scaled_dot_product_attention to one kernel; "auto" leaves PyTorch's choice.
+
+    A kernel the device or inputs cannot use fails loudly at the first forward rather than falling back.
+    """
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name]))

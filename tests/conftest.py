@@ -17,7 +17,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 NANO = ["model=nano", "data=synthetic", "data.synthetic_vocab_size=128", "train.sample_tokens=0"]
 
 
-def test_env() -> dict:
+def subprocess_env() -> dict:
     env = dict(os.environ)
     env.setdefault("NANODIST_DATA_MIRROR", str(SHARED_DATA))
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -30,7 +30,7 @@ def test_env() -> dict:
 def launch(run_dir: Path, *overrides: str, timeout: int = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python launch.py overrides...` with its Hydra run dir at `run_dir` (and extra environment `env`)."""
     cmd = [sys.executable, str(ROOT / "launch.py"), *overrides, f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(cmd, cwd=ROOT, env={**test_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=ROOT, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(overrides)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

@@ -1,9 +1,13 @@
 """Compose the parallel strategies on one mesh: which apply_* runs, in which order, and why.
 
-Order matters: tensor parallelism first (it rewrites modules into DTensor layouts), then FSDP
-(it shards whatever layout it finds, making 2-D DTensors over (dp_shard, tp)), all on the meta
-device; then the weights are materialised and initialised shard by shard; DDP last, since it
-needs real tensors. Pipeline parallelism cuts the model into stages before any of this
+Order matters: tensor parallelism first (it rewrites modules into DTensor layouts), then
+torch.compile of each block's forward, then activation checkpointing around the compiled forward
+(recomputation reruns the compiled code; the other way round, a checkpoint traced inside a
+compiled region holding DTensor ops fails in torch 2.13's AOTAutograd, which saves a DeviceMesh
+for backward), then FSDP (it shards whatever layout it finds, making 2-D DTensors over
+(dp_shard, tp)), all on the meta device; then the weights are materialised and initialised shard
+by shard; DDP last, since it needs real tensors. The dry run (`nanodist.dryrun`) stops after the
+meta-device steps. Pipeline parallelism cuts the model into stages before any of this
 (`nanodist.parallel.pp`), and each stage is then parallelised like a whole model.
 """
 
@@ -14,6 +18,8 @@ import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from nanodist.model import GPT
+from nanodist.parallel.ac import apply_ac
+from nanodist.parallel.compile import apply_compile
 from nanodist.parallel.ddp import apply_ddp
 from nanodist.parallel.dims import Mesh, ParallelDims
 from nanodist.parallel.fsdp import apply_fsdp
@@ -27,14 +33,23 @@ def data_parallel_mesh(mesh: Mesh, dims: ParallelDims) -> DeviceMesh:
 
 def parallelize(model: GPT, dims: ParallelDims, mesh: Mesh | None, cfg, device: torch.device) -> nn.Module:
     """Shard a meta-device GPT (or pipeline stage) for this rank, then materialise and initialise it."""
-    p = cfg.parallel
+    apply_on_meta(model, dims, mesh, cfg)
+    materialize(model, device, cfg.train.seed)
+    if cfg.parallel.data_parallel == "ddp" and mesh is not None:  # one rank (a scaling sweep's dp=1): nothing to replicate
+        apply_ddp(model, mesh["dp_replicate"])
+    return model
+
+
+def apply_on_meta(model: GPT, dims: ParallelDims, mesh: Mesh | None, cfg) -> nn.Module:
+    """The steps that need no real weights: TP -> compile -> activation checkpointing -> FSDP."""
+    p, t = cfg.parallel, cfg.train
     if p.tensor_parallel:
         apply_tp(model, mesh["tp"], p.sequence_parallel, p.loss_parallel)
+    if t.compile:
+        apply_compile(model)
+    apply_ac(model, t.activation_checkpointing, t.ac_every)
     if p.data_parallel == "fsdp":
         apply_fsdp(model, data_parallel_mesh(mesh, dims), p.fsdp)
-    materialize(model, device, cfg.train.seed)
-    if p.data_parallel == "ddp":
-        apply_ddp(model, mesh["dp_replicate"])
     return model
 
 

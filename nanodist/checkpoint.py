@@ -1,0 +1,368 @@
+"""Checkpoints: save and load model + optimizer with torch.distributed.checkpoint (DCP), in any layout.
+
+A checkpoint is a dict keyed by parameter name. FSDP2, TP and replicate keep the plain model's
+names, and pipeline stages keep the full model's names too, so every layout writes and reads the
+same keys; DCP then gives each rank its shard (or the whole tensor) of every entry, whatever layout
+wrote it. That one fact is what makes resume exact and resharding free.
+
+On disk, in <output_dir>/checkpoints/:
+
+    step_0000200.tmp/     being written; nothing reads it, and the next start deletes it
+    step_0000100/         complete: renamed from .tmp by rank 0 once every rank's files are in
+      .metadata, *.distcp   DCP: "model.<name>" and "optim.<name>.<exp_avg|exp_avg_sq|step>"
+      rng_rank<r>.pt        rank r's RNG states (restored only under the same layout)
+      meta.json             written last: step, loader position, model shape, tokenizer, file sizes
+
+The learning rate is a function of the step, so the step is all the schedule needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.nn as nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+from nanodist.config import ConfigError
+from nanodist.model import GPT, GPTConfig
+
+log = logging.getLogger("nanodist")
+# A single process saves and loads without a process group (no_dist) on purpose; DCP warns each time.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+META = "meta.json"
+STEP_DIR = re.compile(r"step_(\d+)")
+# The fields of GPTConfig that decide tensor shapes (dropout does not).
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "tie_embeddings")
+# Wrappers (torch.compile, activation checkpointing) insert these into parameter names; DCP's
+# model state dict leaves them out, and so must the optimizer's.
+WRAPPER_PREFIXES = ("_orig_mod.", "_checkpoint_wrapped_module.")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used by this run; the message is one sentence saying why."""
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step:07d}"
+
+
+def checkpoint_dirs(path: Path) -> list[Path]:
+    """Checkpoints at `path`, newest first: a step dir itself, or those in a checkpoints dir or run dir."""
+    if (path / META).exists():
+        return [path]
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if not path.is_dir():
+        return []
+    found = [d for d in path.iterdir() if d.is_dir() and STEP_DIR.fullmatch(d.name)]
+    return sorted(found, key=lambda d: int(STEP_DIR.fullmatch(d.name).group(1)), reverse=True)
+
+
+def read_meta(path: Path) -> dict:
+    return json.loads((Path(path) / META).read_text())
+
+
+def problem(path: Path) -> Optional[str]:
+    """Why the checkpoint at `path` is incomplete or damaged (a missing or resized file), or None.
+
+    meta.json, written last, records every file's size: a truncated or half-copied checkpoint is
+    caught here without reading any tensor. Damage that keeps sizes is caught when DCP reads it.
+    """
+    try:
+        meta = read_meta(path)
+    except (OSError, ValueError):
+        return f"its {META} is missing or unreadable"
+    for name, size in meta["files"].items():
+        file = path / name
+        if not file.exists():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes instead of {size}"
+    return None
+
+
+def describe(err: CheckpointException) -> str:
+    """The first rank's underlying error in one line (DCP's own message only lists the ranks)."""
+    cause = next(iter(err.failures.values()))[0] if err.failures else err
+    lines = str(cause).strip().splitlines() or [""]
+    return f"{type(cause).__name__}: {lines[-1]}"[:300]
+
+
+def shape_of(config: GPTConfig) -> dict:
+    return {k: v for k, v in asdict(config).items() if k in SHAPE_FIELDS}
+
+
+def check_shape(path: Path, saved: dict, wanted: dict) -> None:
+    """Refuse a checkpoint of another model shape in one sentence, before DCP fails in a long one."""
+    diff = {k: (saved.get(k), v) for k, v in wanted.items() if k in saved and saved[k] != v}
+    if diff:
+        there = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+        here = ", ".join(f"{k}={b}" for k, (_, b) in diff.items())
+        raise CheckpointError(
+            f"checkpoint {path} holds a different model ({there}) than this run builds ({here}); "
+            f"resume with the model config it was trained with, or start without it."
+        )
+
+
+def check_resume_from(path: str, model_cfg) -> None:
+    """The launcher's check of checkpoint.resume_from, before any rank starts: it exists and fits the model.
+
+    The vocabulary size may come from the dataset (and padding), so it is checked on load instead.
+    """
+    usable = [p for p in checkpoint_dirs(Path(path)) if problem(p) is None]
+    if not usable:
+        raise CheckpointError(f"checkpoint.resume_from={path} holds no complete checkpoint; point it at a step_N dir or a run dir.")
+    wanted = {k: model_cfg[k] for k in SHAPE_FIELDS if k != "vocab_size"}
+    check_shape(usable[0], read_meta(usable[0])["model"], wanted)
+
+
+def param_names(parts: list[nn.Module]) -> dict[nn.Parameter, str]:
+    """Each parameter's name in the full model, over all the model parts (pipeline stages) of a rank."""
+    names = {}
+    for part in parts:
+        for name, param in part.named_parameters():
+            for prefix in WRAPPER_PREFIXES:
+                name = name.replace(prefix, "")
+            names[param] = name
+    return names
+
+
+def optimizer_state(parts: list[nn.Module], optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's per-parameter state keyed by parameter name: the same keys in every layout.
+
+    Its tensors (DTensors where the parameter is one) are the optimizer's own, so DCP loads into
+    them in place. Hyper-parameters are not saved: they come from the config, the lr from the step.
+    """
+    names = param_names(parts)
+    return {names[p]: state for p, state in optimizer.state.items()}
+
+
+@torch.no_grad()
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create every parameter's optimizer state, so that DCP has tensors of the right layout to load into.
+
+    One step with zero gradients at lr 0 creates them without moving a weight (and the weights are
+    loaded from the checkpoint right after anyway).
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if all(p in optimizer.state for p in params):
+        return
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Checkpointer:
+    """Saves this rank's share of the training state every `interval` steps, and resumes from the newest.
+
+    `info` is what every meta.json carries besides the step: the model shape (checked on load),
+    the layout (RNG states are restored only under the same one) and the tokenizer (for sampling).
+    Every rank makes the same calls in the same order; DCP's collectives run on a gloo group of
+    their own, so an async save's background thread never interleaves with training collectives.
+    """
+
+    def __init__(self, root: Path, parts: list[nn.Module], optimizer: torch.optim.Optimizer, info: dict,
+                 device: torch.device, interval: Optional[int] = 0, keep_last: int = 0, async_save: bool = False):
+        """`interval`: save every that many steps (0: only at the end; None: never save, only resume)."""
+        self.root, self.parts, self.optimizer, self.info, self.device = Path(root), parts, optimizer, info, device
+        self.interval, self.keep_last, self.async_save = interval, keep_last, async_save
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.group = dist.new_group(backend="gloo") if self.distributed else None
+        self.latest: Optional[Path] = None  # the checkpoint this run saved or resumed from last
+        self.pending: Optional[threading.Thread] = None
+        if self.rank == 0:
+            for stale in self.root.glob("step_*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)  # a save cut short by a crash
+        self._barrier()
+
+    @classmethod
+    def from_config(cls, cfg, parts: list[nn.Module], optimizer: torch.optim.Optimizer, config: GPTConfig,
+                    data_meta: dict, layout: dict, device: torch.device) -> "Checkpointer":
+        """The run's checkpointer, in <output_dir>/checkpoints; `layout` names the parallel layout."""
+        c = cfg.checkpoint
+        info = {
+            "model": shape_of(config),
+            "layout": layout,
+            "tokenizer": {**data_meta, "tokenizer_file": cfg.data.tokenizer_file},
+        }
+        return cls(Path(cfg.output_dir) / "checkpoints", parts, optimizer, info, device,
+                   c.interval if c.enabled else None, c.keep_last, c.async_save)
+
+    # ---- saving ----
+
+    def maybe_save(self, step: int, loader_state: dict, final: bool = False) -> None:
+        """Save after `step` steps when the interval says so, or at the end of the run."""
+        if self.interval is None:
+            return
+        due = final or (self.interval > 0 and step % self.interval == 0)
+        if due and step_dir(self.root, step) != self.latest:
+            self.save(step, loader_state)
+
+    def save(self, step: int, loader_state: dict) -> None:
+        """Write into step_N.tmp/; rank 0 renames it to step_N/ once DCP reports every rank's files written."""
+        self.wait()  # one checkpoint in flight at a time
+        tmp = step_dir(self.root, step).with_suffix(".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(self.device), tmp / f"rng_rank{self.rank}.pt")
+        meta = {"step": step, "loader": loader_state, **self.info, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        state = self._state()
+        start = time.perf_counter()
+        if self.async_save:
+            # Staging copies the state to CPU memory before returning, so training may go on at once.
+            future = dcp.async_save(state, checkpoint_id=tmp, process_group=self.group, no_dist=not self.distributed)
+            self.pending = threading.Thread(target=self._finish, args=(tmp, meta, start, future), daemon=True)
+            self.pending.start()
+        else:
+            dcp.save(state, checkpoint_id=tmp, process_group=self.group, no_dist=not self.distributed)
+            self._finish(tmp, meta, start)
+        self.latest = step_dir(self.root, step)
+
+    def wait(self) -> None:
+        """Block until the checkpoint being written in the background (if any) is complete."""
+        if self.pending is not None:
+            self.pending.join()
+            self.pending = None
+
+    def _finish(self, tmp: Path, meta: dict, start: float, future=None) -> None:
+        if future is not None:
+            try:
+                future.result()
+            except Exception as err:  # a failed background save must not kill training; the .tmp stays
+                log.warning(f"checkpoint {tmp.name} was not written ({type(err).__name__}: {err}); the previous one stands.")
+                return
+        if self.rank != 0:
+            return
+        meta["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.name != META}
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        final = tmp.with_suffix("")
+        if final.exists():  # an unusable checkpoint of the same step, skipped on resume
+            shutil.rmtree(final)
+        tmp.rename(final)
+        log.info(f"saved checkpoint {final} in {time.perf_counter() - start:.2f}s")
+        self._prune()
+
+    def _prune(self) -> None:
+        if self.keep_last > 0:
+            for old in checkpoint_dirs(self.root)[self.keep_last:]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    # ---- loading ----
+
+    def resume(self, resume_from: Optional[str] = None) -> Optional[dict]:
+        """Load the newest usable checkpoint of this run, else of `resume_from`; returns its meta, or None.
+
+        This run's own checkpoints come first: after a crash, an elastic restart or a requeue they
+        are further along than the one the run started from. An incomplete or unreadable checkpoint
+        is skipped with a warning; one of another model shape stops the run.
+        """
+        candidates = self._candidates(resume_from)
+        for path, reason in candidates:
+            if reason is None:
+                meta = read_meta(path)
+                check_shape(path, meta["model"], self.info["model"])
+                reason = self._load(path, meta)
+            if reason is None:
+                self.latest = path
+                log.info(f"resumed from {path} (step {meta['step']})")
+                return meta
+            log.warning(f"checkpoint {path} is unusable ({reason}); falling back to the previous one.")
+        if candidates:
+            raise CheckpointError(f"no usable checkpoint among {[str(p) for p, _ in candidates]}; see the warnings above.")
+        return None
+
+    def _candidates(self, resume_from: Optional[str]) -> list[tuple[Path, Optional[str]]]:
+        """(checkpoint, problem) pairs, newest first, as rank 0 sees them: every rank tries the same ones."""
+        found = None
+        if self.rank == 0:
+            found = [(p, problem(p)) for p in checkpoint_dirs(self.root)]
+            if resume_from:
+                others = checkpoint_dirs(Path(resume_from))
+                if not others:
+                    found = CheckpointError(f"checkpoint.resume_from={resume_from} holds no checkpoint.")
+                elif isinstance(found, list):
+                    found += [(p, problem(p)) for p in others]
+        if self.distributed:
+            box = [found]
+            dist.broadcast_object_list(box, src=0, group=self.group)
+            found = box[0]
+        if isinstance(found, CheckpointError):
+            raise found
+        return found
+
+    def _load(self, path: Path, meta: dict) -> Optional[str]:
+        """Load model, optimizer and (same layout only) RNG states from `path`; the reason it failed, or None."""
+        init_optimizer_state(self.optimizer)
+        model_states = [get_model_state_dict(part) for part in self.parts]
+        state = {"model": {k: v for sd in model_states for k, v in sd.items()},
+                 "optim": optimizer_state(self.parts, self.optimizer)}
+        try:
+            dcp.load(state, checkpoint_id=path, process_group=self.group, no_dist=not self.distributed)
+        except CheckpointException as err:  # DCP gathers every rank's error: all ranks agree that it failed
+            return describe(err)
+        for part, sd in zip(self.parts, model_states):
+            set_model_state_dict(part, sd)
+        if meta.get("layout") == self.info["layout"]:
+            set_rng_state(torch.load(path / f"rng_rank{self.rank}.pt", weights_only=True), self.device)
+        else:
+            log.info(f"RNG states not restored: {path} was saved under another layout ({meta.get('layout')}).")
+        return None
+
+    def _state(self) -> dict:
+        model = {k: v for part in self.parts for k, v in get_model_state_dict(part).items()}
+        return {"model": model, "optim": optimizer_state(self.parts, self.optimizer)}
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            dist.barrier(group=self.group)
+
+
+def load_model(path: Path, device: torch.device = torch.device("cpu")) -> tuple[GPT, dict]:
+    """The whole model of a checkpoint (any layout wrote it) in one process, with its meta.
+
+    DCP reads every shard into a freshly built plain GPT; no process group is needed.
+    """
+    found = checkpoint_dirs(Path(path))
+    if not found:
+        raise CheckpointError(f"{path} holds no checkpoint.")
+    path = found[0]
+    meta = read_meta(path)
+    model = GPT(GPTConfig(**meta["model"]))
+    state = model.state_dict()
+    dcp.load({"model": state}, checkpoint_id=path, no_dist=True)
+    model.load_state_dict(state)
+    return model.to(device), meta

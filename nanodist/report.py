@@ -1,0 +1,251 @@
+"""A sweep's report: one markdown table and three plots comparing its jobs.
+
+    python -m nanodist.report outputs/multirun/strategy_grid/<date_time>
+
+writes report.md, loss.png, throughput.png and memory.png into the sweep dir. Every job dir of a
+Hydra sweep holds .hydra/config.yaml; a finished job adds summary.json and metrics.jsonl, a
+failed one a summary.json with its error (see nanodist.launcher), and one that left no summary
+(killed, or still running) is listed as such, so no job silently drops out of the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from nanodist.config import MESH_DIMS, resolved_mesh
+
+MEMORY_PARTS = ("param_bytes", "grad_bytes", "optim_bytes", "activation_bytes")
+
+
+@dataclass
+class Job:
+    """One job of the sweep, as its run dir tells it."""
+
+    name: str
+    strategy: str
+    shape: str  # the mesh in the strategy's own dims, as `mesh=` takes it
+    mesh: dict
+    summary: dict
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.strategy} {self.shape}".strip()
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "no summary")
+
+    @property
+    def world_size(self) -> int:
+        return self.summary.get("world_size") or math.prod(self.mesh.values())
+
+    def mean(self, key: str) -> Optional[float]:
+        """Mean of a per-step metric over the logged steps after the first (which holds warm-up)."""
+        values = [r[key] for r in self.records[1:] if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+
+def load_sweep(sweep_dir: Path) -> list[Job]:
+    """Every job dir of the sweep (those with a .hydra/config.yaml), in Hydra's job order."""
+    dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "config.yaml").exists()]
+    return [load_job(d) for d in sorted(dirs, key=job_order)]
+
+
+def job_order(job_dir: Path) -> tuple:
+    number = job_dir.name.split("_", 1)[0]
+    return (int(number), job_dir.name) if number.isdigit() else (math.inf, job_dir.name)
+
+
+def load_job(job_dir: Path) -> Job:
+    cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+    summary = read_json(job_dir / "summary.json") or {}
+    try:
+        mesh = summary.get("mesh") or resolved_mesh(cfg)
+    except Exception:  # a mesh that does not resolve: the job failed on it, its summary says why
+        mesh = {dim: 1 for dim in MESH_DIMS}
+    shape = "x".join(str(mesh[d]) for d in cfg.parallel.mesh_dims)
+    return Job(job_dir.name, cfg.parallel.name, shape, mesh, summary, read_records(job_dir / "metrics.jsonl"))
+
+
+def read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_records(path: Path) -> list[dict]:
+    """Training records by step; a requeued job may log a step twice, and its last record counts."""
+    if not path.exists():
+        return []
+    by_step = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if "loss" in record:
+            by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
+# ---- the table ----
+
+
+def fmt(value: Optional[float], unit: str = "", digits: int = 3) -> str:
+    """A number with SI prefix (12.3k, 4.56M) and unit; a dash when unknown."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}g}{prefix}{unit}"
+    return f"{value:.{digits}g}{unit}"
+
+
+def peak_memory(job: Job) -> tuple[Optional[int], str]:
+    """The job's peak memory per rank and where it was measured: the GPU allocator, else host RSS."""
+    if job.summary.get("peak_memory_bytes") is not None:
+        return job.summary["peak_memory_bytes"], "GPU"
+    return job.summary.get("peak_host_memory_bytes"), "host"
+
+
+def state_memory(job: Job) -> Optional[int]:
+    """Per-rank bytes of parameters, gradients, optimizer state and saved activations (the part strategies change)."""
+    parts = [job.summary.get(key) for key in MEMORY_PARTS]
+    return sum(parts) if all(p is not None for p in parts) else None
+
+
+def table(jobs: list[Job]) -> str:
+    with_mfu = any(job.mean("mfu") is not None for job in jobs)
+    header = ["job", "strategy", "mesh", "world size", "tokens/s", "tokens/s per rank", "FLOP/s per rank"]
+    header += ["MFU"] if with_mfu else []
+    header += ["peak memory per rank", "state + activations per rank", "final loss", "val loss", "status"]
+    rows = []
+    for job in jobs:
+        s = job.summary
+        tokens = s.get("mean_tokens_per_s")
+        peak, where = peak_memory(job)
+        row = [job.name.split("_", 1)[0], job.strategy, job.shape or "–", str(job.world_size), fmt(tokens),
+               fmt(tokens / job.world_size if tokens else None), fmt(job.mean("flops_per_s_per_rank"))]
+        if with_mfu:
+            mfu = job.mean("mfu")
+            row.append(f"{100 * mfu:.1f}%" if mfu is not None else "–")
+        row += [fmt(peak, "B") + (f" ({where})" if peak else ""), fmt(state_memory(job), "B"),
+                fmt(s.get("final_loss"), digits=4), fmt(s.get("final_val_loss"), digits=4), job.status]
+        rows.append(row)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(sweep_dir: Path, jobs: list[Job]) -> str:
+    done = sum(job.status == "completed" for job in jobs)
+    parts = [
+        f"# Sweep {sweep_dir}",
+        f"{len(jobs)} jobs, {done} completed. tokens/s and FLOP/s are means over the logged steps after the "
+        "first (warm-up); peak memory is the GPU allocator's peak, or on CPU the host's resident set; "
+        "state + activations is parameters, gradients, optimizer state and saved activations on one rank.",
+        table(jobs),
+    ]
+    problems = [job for job in jobs if job.status not in ("completed",)]
+    if problems:
+        parts.append("## Jobs that did not complete")
+        parts += [f"- `{job.name}` ({job.status}): {job.summary.get('error') or 'no summary.json: killed, or still running'}"
+                  for job in problems]
+    parts.append("![loss](loss.png)\n\n![throughput](throughput.png)\n\n![memory](memory.png)")
+    return "\n\n".join(parts) + "\n"
+
+
+# ---- the plots ----
+
+
+def plot_loss(jobs: list[Job], path: Path) -> None:
+    """Training loss of every job against the step, overlaid: equal math shows as one line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    styles = ["-", "--", ":", "-."]
+    for i, job in enumerate(j for j in jobs if j.records):
+        steps = [r["step"] + 1 for r in job.records]
+        ax.plot(steps, [r["loss"] for r in job.records], styles[(i // 10) % len(styles)], marker=".", label=job.label)
+    ax.set(xlabel="step", ylabel="training loss", title="Loss curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bar_chart(jobs: list[Job], path: Path, title: str, xlabel: str, series: dict[str, list[Optional[float]]]) -> None:
+    """Horizontal bars, one row per job (stacked when several series); a job without values says why."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(jobs)))
+    rows = list(range(len(jobs)))[::-1]
+    left = [0.0] * len(jobs)
+    for name, values in series.items():
+        widths = [v or 0.0 for v in values]
+        ax.barh(rows, widths, left=left, label=name)
+        left = [a + b for a, b in zip(left, widths)]
+    for row, job, total in zip(rows, jobs, left):
+        if total == 0:
+            ax.text(0, row, f" {job.status}", va="center", fontsize=8, color="firebrick")
+    ax.set_yticks(rows, [f"{job.label} ({job.world_size})" for job in jobs], fontsize=8)
+    ax.set(xlabel=xlabel, title=title)
+    ax.grid(axis="x", alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_throughput(jobs: list[Job], path: Path) -> None:
+    bar_chart(jobs, path, "Throughput (ranks in brackets)", "tokens/s per rank",
+              {"tokens/s per rank": [(j.summary.get("mean_tokens_per_s") or 0) / j.world_size for j in jobs]})
+
+
+def plot_memory(jobs: list[Job], path: Path) -> None:
+    names = {"param_bytes": "parameters", "grad_bytes": "gradients", "optim_bytes": "optimizer", "activation_bytes": "activations"}
+    bar_chart(jobs, path, "Memory per rank (ranks in brackets)", "MB per rank",
+              {label: [(j.summary.get(key) or 0) / 1e6 for j in jobs] for key, label in names.items()})
+
+
+def write_report(sweep_dir: Path, jobs: list[Job]) -> Path:
+    """Write report.md and the plots into the sweep dir; returns the report's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plot_loss(jobs, sweep_dir / "loss.png")
+    plot_throughput(jobs, sweep_dir / "throughput.png")
+    plot_memory(jobs, sweep_dir / "memory.png")
+    report = sweep_dir / "report.md"
+    report.write_text(markdown(sweep_dir, jobs))
+    return report
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Table and plots comparing the jobs of a sweep.")
+    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir, e.g. outputs/multirun/<date>/<time>")
+    sweep_dir = parser.parse_args(argv).sweep_dir
+    jobs = load_sweep(sweep_dir) if sweep_dir.is_dir() else []
+    if not jobs:
+        print(f"error: {sweep_dir} holds no job dirs (with .hydra/config.yaml); give a sweep dir such as "
+              "outputs/multirun/<date>/<time>.", file=sys.stderr)
+        sys.exit(2)
+    report = write_report(sweep_dir, jobs)
+    print(table(jobs))
+    print(f"\nwrote {report} and loss.png, throughput.png, memory.png beside it")
+
+
+if __name__ == "__main__":
+    main()
