@@ -1,7 +1,7 @@
 """Tensor parallelism with and without sequence parallelism: tokens/s and per-rank activation memory (issue 5).
 
 tp(2) and tp_sp(2) (SP + loss parallel) train the same config through nanodist's launcher path, with
-real gloo ranks; one process is shown alongside as the yardstick. Per rank, a probe counts the bytes
+real gloo ranks; `--single` adds one process alongside as a yardstick. Per rank, a probe counts the bytes
 autograd saves for backward during one step (distinct storages, parameters excluded, DTensors by
 their local shard): the activation peak of that step. The trainer's own `activation_bytes` metric
 is read from summary.json as a cross-check. Throughput is the median wall time of a step on rank 0
@@ -42,6 +42,7 @@ DEFAULT = [
 LAYOUTS = {"single": ["parallel=single"], "tp(2)": ["parallel=tp", "mesh.tp=2"], "tp_sp(2)": ["parallel=tp_sp", "mesh.tp=2"]}
 
 
+
 def one_run(name: str, base: list[str], steps: int, warmup: int, work: Path) -> dict:
     total = warmup + steps
     probe = {"first": warmup - 1, "last": total - 1, "activations": [1], "state": True}
@@ -61,8 +62,9 @@ def one_run(name: str, base: list[str], steps: int, warmup: int, work: Path) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=12, help="timed steps per run")
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per run")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--single", action="store_true", help="add a one-process column as a yardstick")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each tp layout (alternating)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -73,8 +75,9 @@ def main() -> None:
     tokens = cfg.train.batch_size * seq
     print(f"config: {' '.join(base)} ({tokens} tokens per step)")
 
-    runs: dict[str, list[dict]] = {name: [] for name in LAYOUTS}
-    order = ["single"]
+    names = [n for n in LAYOUTS if args.single or n != "single"]
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    order = ["single"] if args.single else []
     for r in range(args.repeats):
         order += ["tp(2)", "tp_sp(2)"] if r % 2 == 0 else ["tp_sp(2)", "tp(2)"]
     for i, name in enumerate(order):
@@ -97,7 +100,6 @@ def main() -> None:
             "param_bytes_per_rank": rs[0]["param_bytes"],
             "final_loss": rs[0]["final_loss"],
         }
-    names = list(LAYOUTS)
     rows = [
         ("ranks", lambda v: str(v["world_size"])),
         ("step (median ms)", lambda v: f"{1e3 * v['s_per_step']:.1f}"),

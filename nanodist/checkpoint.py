@@ -208,7 +208,8 @@ class Checkpointer:
         if self.rank == 0:
             for stale in self.root.glob("step_*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)  # a save cut short by a crash
-        self._barrier()
+        if self.distributed:
+            dist.barrier(group=self.group)
 
     @classmethod
     def from_config(cls, cfg, parts: list[nn.Module], optimizer: torch.optim.Optimizer, config: GPTConfig,
@@ -240,7 +241,7 @@ class Checkpointer:
         tmp.mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(self.device), tmp / f"rng_rank{self.rank}.pt")
         meta = {"step": step, "loader": loader_state, **self.info, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        state = self._state()
+        state = self._state([get_model_state_dict(part) for part in self.parts])
         start = time.perf_counter()
         if self.async_save:
             # Staging copies the state to CPU memory before returning, so training may go on at once.
@@ -312,10 +313,8 @@ class Checkpointer:
             found = [(p, problem(p)) for p in checkpoint_dirs(self.root)]
             if resume_from:
                 others = checkpoint_dirs(Path(resume_from))
-                if not others:
-                    found = CheckpointError(f"checkpoint.resume_from={resume_from} holds no checkpoint.")
-                elif isinstance(found, list):
-                    found += [(p, problem(p)) for p in others]
+                found = found + [(p, problem(p)) for p in others] if others else CheckpointError(
+                    f"checkpoint.resume_from={resume_from} holds no checkpoint.")
         if self.distributed:
             box = [found]
             dist.broadcast_object_list(box, src=0, group=self.group)
@@ -328,10 +327,8 @@ class Checkpointer:
         """Load model, optimizer and (same layout only) RNG states from `path`; the reason it failed, or None."""
         init_optimizer_state(self.optimizer)
         model_states = [get_model_state_dict(part) for part in self.parts]
-        state = {"model": {k: v for sd in model_states for k, v in sd.items()},
-                 "optim": optimizer_state(self.parts, self.optimizer)}
         try:
-            dcp.load(state, checkpoint_id=path, process_group=self.group, no_dist=not self.distributed)
+            dcp.load(self._state(model_states), checkpoint_id=path, process_group=self.group, no_dist=not self.distributed)
         except CheckpointException as err:  # DCP gathers every rank's error: all ranks agree that it failed
             return describe(err)
         for part, sd in zip(self.parts, model_states):
@@ -342,16 +339,13 @@ class Checkpointer:
             log.info(f"RNG states not restored: {path} was saved under another layout ({meta.get('layout')}).")
         return None
 
-    def _state(self) -> dict:
-        model = {k: v for part in self.parts for k, v in get_model_state_dict(part).items()}
-        return {"model": model, "optim": optimizer_state(self.parts, self.optimizer)}
-
-    def _barrier(self) -> None:
-        if self.distributed:
-            dist.barrier(group=self.group)
+    def _state(self, model_states: list[dict]) -> dict:
+        """What DCP writes and reads: the parts' model states merged (their names are disjoint), and the optimizer's."""
+        return {"model": {k: v for sd in model_states for k, v in sd.items()},
+                "optim": optimizer_state(self.parts, self.optimizer)}
 
 
-def load_model(path: Path, device: torch.device = torch.device("cpu")) -> tuple[GPT, dict]:
+def load_model(path: Path) -> tuple[GPT, dict]:
     """The whole model of a checkpoint (any layout wrote it) in one process, with its meta.
 
     DCP reads every shard into a freshly built plain GPT; no process group is needed.
@@ -365,4 +359,4 @@ def load_model(path: Path, device: torch.device = torch.device("cpu")) -> tuple[
     state = model.state_dict()
     dcp.load({"model": state}, checkpoint_id=path, no_dist=True)
     model.load_state_dict(state)
-    return model.to(device), meta
+    return model, meta

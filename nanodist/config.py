@@ -241,6 +241,8 @@ def register_resolvers() -> None:
     job resolves its config in a process where launch.py's top level never ran."""
     OmegaConf.register_new_resolver("nanodist.spread", spread_ranks, replace=True)
     OmegaConf.register_new_resolver("nanodist.mul", lambda a, b: int(a) * int(b), replace=True)
+    # Run and job dir names carry the overrides; a file name holds at most 255 bytes.
+    OmegaConf.register_new_resolver("nanodist.clip", lambda text, n: str(text)[: int(n)], replace=True)
 
 
 register_resolvers()

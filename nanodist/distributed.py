@@ -41,7 +41,10 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
 def init_process_group(device: torch.device) -> None:
     """nccl on GPU, gloo on CPU, rendezvous from the environment (torchrun, SLURM or our own launch)."""
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=timedelta(minutes=10), device_id=device if device.type == "cuda" else None)
+    options = dict(timeout=timedelta(minutes=10), device_id=device if device.type == "cuda" else None)
+    if "MASTER_ADDR" not in os.environ:  # a lone process started locally (a mesh of one): nobody to rendezvous with
+        options.update(store=dist.HashStore(), rank=0, world_size=1)
+    dist.init_process_group(backend, **options)
 
 
 def agree_on_output_dir(output_dir: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from nanodist.checkpoint import load_model
 from nanodist.model import GPT, GPTConfig
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -116,8 +117,7 @@ def load_hf(path: Path) -> tuple[GPT, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from nanodist.checkpoint import load_model
-    from nanodist.sample import parse_key_values
+    from nanodist.sample import parse_key_values  # imported here: nanodist.sample imports this module
 
     args = parse_key_values(sys.argv[1:] if argv is None else argv, {"checkpoint": str, "out": str})
     model, meta = load_model(Path(args["checkpoint"]))

@@ -86,6 +86,8 @@ def spawn_local(run_cfg: str, nproc: int, max_restarts: int) -> dict:
     # without a per-attempt prefix, so restarted ranks read their dead predecessors' gloo
     # addresses ("Connection refused"); a fresh store per attempt makes max_restarts work.
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    # As torchrun does: ranks sharing the machine's cores must not each start a thread per core.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     log.info(f"starting {nproc} local ranks (logs: rank*.log in the run dir)")
     results = elastic_launch(config, worker)(run_cfg)
     return results[0]

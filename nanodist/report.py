@@ -35,10 +35,11 @@ class Job:
     mesh: dict
     summary: dict
     records: list[dict] = field(default_factory=list)
+    swept: str = ""  # the job's values of the other swept keys, e.g. "train.batch_size=16"
 
     @property
     def label(self) -> str:
-        return f"{self.strategy} {self.shape}".strip()
+        return " ".join(part for part in (self.strategy, self.shape, self.swept) if part)
 
     @property
     def status(self) -> str:
@@ -48,16 +49,38 @@ class Job:
     def world_size(self) -> int:
         return self.summary.get("world_size") or math.prod(self.mesh.values())
 
-    def mean(self, key: str) -> Optional[float]:
-        """Mean of a per-step metric over the logged steps after the first (which holds warm-up)."""
-        values = [r[key] for r in self.records[1:] if r.get(key) is not None]
-        return sum(values) / len(values) if values else None
+    @property
+    def tokens_per_s_per_rank(self) -> Optional[float]:
+        tokens = self.summary.get("mean_tokens_per_s")
+        return tokens / self.world_size if tokens else None
+
+    def per_rank_rate(self, key: str) -> Optional[float]:
+        """A per-rank rate proportional to tokens/s (FLOP/s, MFU), scaled to the summary's mean tokens/s,
+        so that every column of a row describes the same average step."""
+        record = next((r for r in reversed(self.records) if r.get(key) is not None and r.get("tokens_per_s_per_rank")), None)
+        if record is None or self.tokens_per_s_per_rank is None:
+            return None
+        return record[key] / record["tokens_per_s_per_rank"] * self.tokens_per_s_per_rank
 
 
 def load_sweep(sweep_dir: Path) -> list[Job]:
     """Every job dir of the sweep (those with a .hydra/config.yaml), in Hydra's job order."""
     dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "config.yaml").exists()]
-    return [load_job(d) for d in sorted(dirs, key=job_order)]
+    keys = swept_keys(sweep_dir) - {"parallel", "mesh"}  # the table shows these two already
+    return [load_job(d, keys) for d in sorted(dirs, key=job_order)]
+
+
+def swept_keys(sweep_dir: Path) -> set[str]:
+    """The keys the sweep varies: its sweeper's params and the command-line overrides listing several values."""
+    if not (sweep_dir / "multirun.yaml").exists():
+        return set()
+    hydra = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+    keys = set(hydra.sweeper.get("params") or {})
+    for override in hydra.overrides.task:
+        key, _, value = override.partition("=")
+        if "," in value and value[:1] not in "[{":
+            keys.add(key.lstrip("+~"))
+    return keys
 
 
 def job_order(job_dir: Path) -> tuple:
@@ -65,15 +88,17 @@ def job_order(job_dir: Path) -> tuple:
     return (int(number), job_dir.name) if number.isdigit() else (math.inf, job_dir.name)
 
 
-def load_job(job_dir: Path) -> Job:
+def load_job(job_dir: Path, swept: set[str] = frozenset()) -> Job:
     cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+    overrides = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml") if (job_dir / ".hydra" / "overrides.yaml").exists() else []
+    values = " ".join(o for o in overrides if o.partition("=")[0].lstrip("+~") in swept)
     summary = read_json(job_dir / "summary.json") or {}
     try:
         mesh = summary.get("mesh") or resolved_mesh(cfg)
     except Exception:  # a mesh that does not resolve: the job failed on it, its summary says why
         mesh = {dim: 1 for dim in MESH_DIMS}
     shape = "x".join(str(mesh[d]) for d in cfg.parallel.mesh_dims)
-    return Job(job_dir.name, cfg.parallel.name, shape, mesh, summary, read_records(job_dir / "metrics.jsonl"))
+    return Job(job_dir.name, cfg.parallel.name, shape, mesh, summary, read_records(job_dir / "metrics.jsonl"), values)
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -125,19 +150,19 @@ def state_memory(job: Job) -> Optional[int]:
 
 
 def table(jobs: list[Job]) -> str:
-    with_mfu = any(job.mean("mfu") is not None for job in jobs)
-    header = ["job", "strategy", "mesh", "world size", "tokens/s", "tokens/s per rank", "FLOP/s per rank"]
+    with_mfu = any(job.per_rank_rate("mfu") is not None for job in jobs)
+    with_swept = any(job.swept for job in jobs)
+    header = ["job"] + (["swept"] if with_swept else []) + ["strategy", "mesh", "world size", "tokens/s", "tokens/s per rank", "FLOP/s per rank"]
     header += ["MFU"] if with_mfu else []
     header += ["peak memory per rank", "state + activations per rank", "final loss", "val loss", "status"]
     rows = []
     for job in jobs:
         s = job.summary
-        tokens = s.get("mean_tokens_per_s")
         peak, where = peak_memory(job)
-        row = [job.name.split("_", 1)[0], job.strategy, job.shape or "–", str(job.world_size), fmt(tokens),
-               fmt(tokens / job.world_size if tokens else None), fmt(job.mean("flops_per_s_per_rank"))]
+        row = [job.name.split("_", 1)[0], *([job.swept] if with_swept else []), job.strategy, job.shape or "–", str(job.world_size), fmt(s.get("mean_tokens_per_s")),
+               fmt(job.tokens_per_s_per_rank), fmt(job.per_rank_rate("flops_per_s_per_rank"))]
         if with_mfu:
-            mfu = job.mean("mfu")
+            mfu = job.per_rank_rate("mfu")
             row.append(f"{100 * mfu:.1f}%" if mfu is not None else "–")
         row += [fmt(peak, "B") + (f" ({where})" if peak else ""), fmt(state_memory(job), "B"),
                 fmt(s.get("final_loss"), digits=4), fmt(s.get("final_val_loss"), digits=4), job.status]
@@ -151,8 +176,8 @@ def markdown(sweep_dir: Path, jobs: list[Job]) -> str:
     done = sum(job.status == "completed" for job in jobs)
     parts = [
         f"# Sweep {sweep_dir}",
-        f"{len(jobs)} jobs, {done} completed. tokens/s and FLOP/s are means over the logged steps after the "
-        "first (warm-up); peak memory is the GPU allocator's peak, or on CPU the host's resident set; "
+        f"{len(jobs)} jobs, {done} completed. tokens/s (and with it FLOP/s and MFU) is the mean over the logged "
+        "steps after the first (warm-up); peak memory is the GPU allocator's peak, or on CPU the host's resident set; "
         "state + activations is parameters, gradients, optimizer state and saved activations on one rank.",
         table(jobs),
     ]
@@ -169,17 +194,22 @@ def markdown(sweep_dir: Path, jobs: list[Job]) -> str:
 
 
 def plot_loss(jobs: list[Job], path: Path) -> None:
-    """Training loss of every job against the step, overlaid: equal math shows as one line."""
+    """Training loss of every job against the step, overlaid. Strategies that compute the same math
+    draw the same curve, so each line is drawn thinner than the one before: coinciding curves
+    show as nested strokes instead of hiding each other."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    styles = ["-", "--", ":", "-."]
-    for i, job in enumerate(j for j in jobs if j.records):
+    plotted = [job for job in jobs if job.records]
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    for i, job in enumerate(plotted):
         steps = [r["step"] + 1 for r in job.records]
-        ax.plot(steps, [r["loss"] for r in job.records], styles[(i // 10) % len(styles)], marker=".", label=job.label)
-    ax.set(xlabel="step", ylabel="training loss", title="Loss curves")
+        width = 1 + 5 * (len(plotted) - 1 - i) / max(1, len(plotted) - 1)
+        ax.plot(steps, [r["loss"] for r in job.records], linewidth=width, alpha=0.8, label=job.label)
+    ax.set(xlabel="step", ylabel="training loss", title="Loss curves (identical curves draw as nested strokes)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(fontsize=7, ncol=1 + len(plotted) // 17, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -203,7 +233,7 @@ def bar_chart(jobs: list[Job], path: Path, title: str, xlabel: str, series: dict
     ax.set(xlabel=xlabel, title=title)
     ax.grid(axis="x", alpha=0.3)
     if len(series) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -211,7 +241,7 @@ def bar_chart(jobs: list[Job], path: Path, title: str, xlabel: str, series: dict
 
 def plot_throughput(jobs: list[Job], path: Path) -> None:
     bar_chart(jobs, path, "Throughput (ranks in brackets)", "tokens/s per rank",
-              {"tokens/s per rank": [(j.summary.get("mean_tokens_per_s") or 0) / j.world_size for j in jobs]})
+              {"tokens/s per rank": [j.tokens_per_s_per_rank for j in jobs]})
 
 
 def plot_memory(jobs: list[Job], path: Path) -> None:

@@ -15,7 +15,9 @@ from typing import Callable
 
 import torch
 
+from nanodist.checkpoint import load_model
 from nanodist.distributed import pick_device
+from nanodist.export import is_export, load_hf
 from nanodist.sampling import generate, tokenizer_for
 
 OPTIONS: dict[str, Callable] = {
@@ -40,9 +42,6 @@ def parse_key_values(argv: list[str], options: dict[str, Callable], defaults: di
 
 def load(path: Path) -> tuple[torch.nn.Module, dict]:
     """The model and its tokenizer description, from an export dir or a checkpoint."""
-    from nanodist.checkpoint import load_model
-    from nanodist.export import is_export, load_hf
-
     if is_export(path):
         return load_hf(path)
     model, meta = load_model(path)

@@ -31,7 +31,6 @@ def check_submission(jobs: list[tuple[str, object]], launcher: dict) -> None:
 
     `jobs` holds (description, composed config) per job; `launcher` is hydra.launcher's parameters.
     """
-    check_partition(launcher.get("partition"))
     nodes, per_node = int(launcher["nodes"]), int(launcher["tasks_per_node"])
     for description, cfg in jobs:
         try:
@@ -39,6 +38,7 @@ def check_submission(jobs: list[tuple[str, object]], launcher: dict) -> None:
             validate(cfg, nodes * per_node)
         except ConfigError as err:
             raise ConfigError(f"job {description}: {err}") from None
+    check_partition(launcher.get("partition"))
 
 
 def check_tasks(cfg, nodes: int, per_node: int) -> None:

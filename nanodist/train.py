@@ -51,7 +51,9 @@ def gpt_config(cfg, dataset_vocab: int) -> GPTConfig:
 def run(cfg, rank: RankInfo) -> dict:
     """Entry point of every rank: join the process group, train, and leave it cleanly."""
     device = pick_device(cfg.train.device, rank.local_rank)
-    if rank.world_size > 1:
+    p = cfg.parallel
+    # A strategy on a mesh of one (parallel=fsdp mesh.dp_shard=1) still needs a process group and mesh.
+    if rank.world_size > 1 or p.data_parallel != "none" or p.tensor_parallel or p.pipeline:
         init_process_group(device)
         cfg.output_dir = agree_on_output_dir(cfg.output_dir)
     setup_logging(cfg.output_dir, rank)
@@ -66,7 +68,7 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
     torch.manual_seed(t.seed)
     set_tf32(device, t.tf32)
     dims = ParallelDims.from_config(cfg, rank.world_size)
-    mesh = dims.build_mesh(device.type) if rank.world_size > 1 else None
+    mesh = dims.build_mesh(device.type) if dist.is_initialized() else None
     meta = read_meta(cfg.data)
     config = gpt_config(cfg, meta["vocab_size"])
     seq_len = t.seq_len or config.block_size

@@ -42,3 +42,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def multirun(sweep_dir: Path, *overrides: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python launch.py -m overrides...` with its Hydra sweep dir at `sweep_dir`; the caller checks the exit code."""
+    cmd = [sys.executable, str(ROOT / "launch.py"), "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.run(cmd, cwd=ROOT, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout)

@@ -25,10 +25,11 @@ STEPS, EVERY = 12, 4
 COMMON = [*NANO, "model.tie_embeddings=false", f"train.max_steps={STEPS}", "train.batch_size=8", "train.log_interval=1",
           "train.eval_interval=0", "optim.warmup_steps=2", "optim.lr=3e-3", f"checkpoint.interval={EVERY}"]
 
-# Killed and resumed, each against its own uninterrupted run. Dropout in one row: the RNG must come back too.
+# Killed and resumed, each against its own uninterrupted run. Dropout in one row: the RNG must come
+# back too. fsdp(2) saves asynchronously, so its checkpoints (resharded below too) are written that way.
 KILLED = {
     "single": ["parallel=single", "model.dropout=0.1"],
-    "fsdp(2)": ["parallel=fsdp", "mesh.dp_shard=2"],
+    "fsdp(2)": ["parallel=fsdp", "mesh.dp_shard=2", "checkpoint.async_save=true"],
     "pp(2)": ["parallel=pp_1f1b", "mesh.pp=2"],
 }
 # Layouts that continue fsdp(2)'s step-4 checkpoint.

@@ -1,0 +1,168 @@
+"""Sweeps on a real SLURM cluster through hydra/launcher=slurm (submitit).
+
+Start the one-machine test cluster first:  bash ../shared/slurm/start-cluster.sh
+Without a cluster these tests skip; with CI=true a skip is a failure, so CI proves they ran.
+All "nodes" of the test cluster are this machine under a name that does not resolve, so jobs
+rendezvous on NANODIST_MASTER_ADDR=127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, multirun, read_summary, subprocess_env
+
+pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
+
+SLURM_BIN = Path(os.environ.get("NANODIST_SLURM_DIR", "/tmp/nanodist-slurm")) / "bin"  # its sacct stand-in
+START = "start one with `bash ../shared/slurm/start-cluster.sh` (it needs root) and rerun"
+# Small jobs: the nano model on synthetic tokens, a few steps, one CPU per rank.
+JOB = ["model=nano", "data=synthetic", "data.synthetic_vocab_size=128", "train.sample_tokens=0", "model.tie_embeddings=false",
+       "train.batch_size=8", "train.log_interval=1", "train.eval_interval=0", "optim.warmup_steps=2", "optim.lr=3e-3",
+       "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
+       '+hydra.launcher.srun_args=["--cpu-bind=none"]']
+
+
+def no_cluster(reason: str) -> None:
+    """Skip where no cluster answers; fail under CI, where the cluster is started before the tests."""
+    message = f"no SLURM cluster answers ({reason}); {START}."
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " CI=true: the SLURM tests must run.")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def slurm_env() -> dict:
+    """The environment a submitting process needs: SLURM's commands and the sacct stand-in first on PATH."""
+    env = {"PATH": f"{SLURM_BIN}{os.pathsep}{os.environ['PATH']}", "NANODIST_MASTER_ADDR": "127.0.0.1"}
+    sinfo = shutil.which("sinfo", path=env["PATH"])
+    if sinfo is None:
+        no_cluster("sinfo is not on PATH")
+    try:
+        result = subprocess.run([sinfo, "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=20, env={**os.environ, **env})
+    except subprocess.TimeoutExpired:
+        no_cluster("sinfo timed out")
+    if result.returncode != 0 or " up" not in result.stdout:
+        no_cluster(f"sinfo says: {(result.stderr or result.stdout).strip() or 'no partition is up'}")
+    return env
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted((d for d in sweep.iterdir() if (d / ".hydra").is_dir()), key=lambda d: int(d.name.split("_")[0]))
+
+
+def report(sweep: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "nanodist.report", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for png in ("loss.png", "throughput.png", "memory.png"):
+        assert (sweep / png).stat().st_size > 10_000
+    return (sweep / "report.md").read_text()
+
+
+def test_three_strategies_on_one_node_and_the_report(slurm_env, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = multirun(sweep, *JOB, "hydra.launcher.tasks_per_node=2", "parallel=ddp,fsdp,pp_1f1b", "mesh=ranks2",
+                      "train.max_steps=3", env=slurm_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summaries = [read_summary(d) for d in job_dirs(sweep)]
+    assert [s["parallel"] for s in summaries] == ["ddp", "fsdp", "pp_1f1b"]
+    assert all(s["status"] == "completed" and s["world_size"] == 2 for s in summaries)
+    assert all(s["final_loss"] == pytest.approx(summaries[0]["final_loss"], rel=1e-5) for s in summaries), "the same math"
+    for d in job_dirs(sweep):  # config, metrics and each rank's log in every job dir
+        assert {"metrics.jsonl", "rank0.log", "rank1.log"} <= {f.name for f in d.iterdir()}
+    table = report(sweep)
+    assert table.count("| completed |") == 3
+
+
+def test_world_size_4_on_two_nodes_and_a_failed_job_in_the_report(slurm_env, tmp_path):
+    # Job 1 asks for the cuDNN attention kernel, which CPUs lack: it fails at its first step on every rank.
+    sweep = tmp_path / "sweep"
+    result = multirun(sweep, *JOB, "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=2", "parallel=hsdp",
+                      "mesh=ranks4", "train.max_steps=3", "train.sdpa_backend=auto,cudnn", env=slurm_env)
+    assert result.returncode != 0, "a sweep with a failed job exits non-zero, after every job ran"
+    assert len(job_dirs(sweep)) == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    ok, failed = (read_summary(d) for d in job_dirs(sweep))
+    assert ok["status"] == "completed" and ok["world_size"] == 4 and ok["mesh"]["dp_replicate"] == ok["mesh"]["dp_shard"] == 2
+    hosts = " ".join(p.read_text() for p in sweep.glob(".submitit/*_0/*_log.out"))
+    assert "node=0(2)" in hosts and "node=1(2)" in hosts, "ranks ran on both nodes"
+    assert failed["status"] == "failed" and "RuntimeError" in failed["error"]
+    table = report(sweep)
+    assert "| completed |" in table and "| failed |" in table and failed["error"] in table
+
+
+def test_a_missing_partition_is_refused_before_submission(slurm_env, tmp_path):
+    result = multirun(tmp_path / "sweep", *JOB, "parallel=ddp,fsdp", "hydra.launcher.partition=nosuch", env=slurm_env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: hydra.launcher.partition=nosuch is not a partition of this cluster; pick one of: debug."
+    assert not (tmp_path / "sweep" / ".submitit").exists(), "nothing was submitted"
+
+
+def squeue(job_id: str, env: dict) -> str:
+    """`STATE REASON` of a job, or "" once it has left the queue."""
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True, env=env).stdout.strip()
+
+
+def scontrol(env: dict, *args: str) -> str:
+    result = subprocess.run(["scontrol", *args], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def run_minutes(job_id: str, env: dict) -> int:
+    fields = dict(t.split("=", 1) for t in scontrol(env, "show", "job", "-o", job_id).split() if "=" in t)
+    h, m, s = (fields["RunTime"].split("-")[-1]).split(":")
+    return math.ceil((int(h) * 3600 + int(m) * 60 + int(s)) / 60)
+
+
+def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_loss(slurm_env, tmp_path):
+    """Two identical jobs: job 0's time limit is cut short once it trains, job 1 runs uninterrupted.
+
+    Cutting the limit to the next minute puts SLURM's warning (signal_delay_s before the limit) due
+    at once; slurmctld sends it at its next periodic check (within 30 s), so the run must still be
+    training then: 1500 steps is about a minute on this machine. The requeued job waits 121 s
+    (SLURM's BeginTime hold after a requeue) unless released, so the test releases it.
+    """
+    env = {**subprocess_env(), **slurm_env}
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "launch.py"), "-m", *JOB, "hydra.launcher.tasks_per_node=2", "parallel=ddp", "mesh=ranks2",
+           "train.max_steps=1500", "train.batch_size=4", "train.log_interval=100", "checkpoint.interval=500",
+           "hydra.launcher.signal_delay_s=60", "hydra.launcher.max_num_timeout=1", "logger.group=requeued,uninterrupted",
+           f"hydra.sweep.dir={sweep}"]
+    sweeper = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    interrupted = sweep / "0_logger.group=requeued"
+    cut = released = False
+    deadline = time.time() + 420
+    while sweeper.poll() is None and time.time() < deadline:
+        time.sleep(1)
+        ids = sorted(p.name for p in (sweep / ".submitit").glob("*_0")) if (sweep / ".submitit").exists() else []
+        if not ids:
+            continue
+        job_id, state = ids[0], squeue(ids[0], env)
+        if not cut and state.startswith("RUNNING") and (interrupted / "metrics.jsonl").exists():
+            scontrol(env, "update", f"JobId={job_id}", f"TimeLimit={run_minutes(job_id, env) + 1}")  # the warning is due now
+            cut = True
+        elif cut and not released and state == "PENDING BeginTime":
+            scontrol(env, "update", f"JobId={job_id}", "StartTime=now", "TimeLimit=10")
+            released = True
+    if sweeper.poll() is None:
+        sweeper.kill()
+    output = sweeper.communicate()[0]
+    assert sweeper.returncode == 0, output[-4000:]
+    log = (interrupted / "rank0.log").read_text()
+    assert cut and released, f"the job was never requeued (cut={cut}); did it finish before SLURM's signal?\n{log[-2000:]}"
+    assert "signalled before the time limit: saved step" in log and "resumed from" in log, log[-3000:]
+    first, reference = read_summary(interrupted), read_summary(sweep / "1_logger.group=uninterrupted")
+    assert first["status"] == reference["status"] == "completed" and first["steps"] == reference["steps"] == 1500
+    assert first["final_loss"] == reference["final_loss"], "resuming from the signal's checkpoint changes nothing"
+    saved_at = int(log.split("saved step ")[1].split(",")[0].split()[0])
+    assert 0 < saved_at < 1500
+    print(json.dumps({"signalled_at_step": saved_at, "final_loss": first["final_loss"]}))
