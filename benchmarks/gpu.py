@@ -114,11 +114,11 @@ def part_overhead(args) -> dict:
         name = "overhead_cuda_compile" if compiled else "overhead_cuda"
         target = ROOT / "benchmarks" / "results" / f"{name}.json"
         cmd = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--device", "cuda", "--repeats", str(args.repeats),
-               "--steps", "20", "--json", str(target), *(["--compile"] if compiled else []),
+               "--steps", "20", "--json", str(target), "--kernel-profile", *(["--compile"] if compiled else []),
                "model=gpt2", "data=synthetic", f"train.batch_size={args.overhead_batch}", "train.seq_len=1024", "train.dtype=bfloat16"]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
-        print(proc.stdout[-3000:] + proc.stderr[-2000:], flush=True)
+        print(proc.stdout[-12000:] + proc.stderr[-2000:], flush=True)
         out[name] = json.loads(target.read_text()) if target.exists() else {"error": proc.stderr[-2000:]}
         out[name]["seconds"] = round(time.perf_counter() - start, 1)
     return out

@@ -91,8 +91,21 @@ class Lockstep:
         self.handle.remove()
 
 
-def reference_loop(cfg, device: torch.device, steps: int, warmup: int, compile_blocks: bool, lockstep: Lockstep | None = None) -> dict:
-    """The minimal loop. Returns StepClock figures over `steps` timed steps after `warmup` (runs mode)."""
+ABLATIONS = {
+    # What the harness does that the minimal loop does not, one at a time (see --ablate).
+    "item": "clip: read the global norm on the host every step (.item(), a device sync)",
+    "isfinite": "branch on torch.isfinite(grad_norm) every step (a device sync)",
+    "host_batch": "draw each step's batch on the host and copy it from pageable memory (.to(device))",
+    "pinned_batch": "draw each step's batch on the host, pin it, copy non_blocking",
+    "compiled_loss": "torch.compile the lm_head + cross-entropy too (fuses the fp32 softmax)",
+}
+
+
+def reference_loop(cfg, device: torch.device, steps: int, warmup: int, compile_blocks: bool,
+                   lockstep: Lockstep | None = None, variant: frozenset = frozenset()) -> dict:
+    """The minimal loop. Returns StepClock figures over `steps` timed steps after `warmup` (runs mode).
+
+    `variant` adds harness habits from ABLATIONS, to attribute the harness's overhead to them."""
     from nanodist.data import BatchLayout, TokenLoader
     from nanodist.datasets import read_meta
     from nanodist.model import GPT
@@ -119,6 +132,17 @@ def reference_loop(cfg, device: torch.device, steps: int, warmup: int, compile_b
     )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
     total = warmup + steps
+
+    def loss_of(x, y):
+        return F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+
+    if "compiled_loss" in variant:
+        head = model.lm_head
+        model.lm_head = None  # the model returns hidden states; head + loss compile as one graph
+        head_loss = torch.compile(lambda h, y: F.cross_entropy(head(h).flatten(0, 1).float(), y.flatten()))
+
+        def loss_of(x, y):  # noqa: F811
+            return head_loss(model(x), y)
     clock = StepClock(warmup - 1, total - 1, sync_cuda=device.type == "cuda") if lockstep is None else None
     if lockstep is not None:
         lockstep.wait_turn("R")
@@ -131,11 +155,22 @@ def reference_loop(cfg, device: torch.device, steps: int, warmup: int, compile_b
                 lr = o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
             for group in opt.param_groups:
                 group["lr"] = lr
-            x, y = batches[it]
+            if "host_batch" in variant or "pinned_batch" in variant:
+                x, y = loader.micro_batches(it)[0]
+                if "pinned_batch" in variant and device.type == "cuda":
+                    x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+                else:
+                    x, y = x.to(device), y.to(device)
+            else:
+                x, y = batches[it]
             with autocast:
-                loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+                loss = loss_of(x, y)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip, foreach=True)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip, foreach=True)
+            if "item" in variant:
+                norm.item()
+            if "isfinite" in variant and not torch.isfinite(norm):
+                continue
             opt.step()
             opt.zero_grad(set_to_none=True)
     finally:
@@ -190,6 +225,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="harness/reference pairs of runs (default 2 lockstep, 6 runs)")
     ap.add_argument("--compile", action="store_true", help="train.compile=true / torch.compile per block")
     ap.add_argument("--profile", action="store_true", help="also cProfile one harness run and print the top costs")
+    ap.add_argument("--ablate", action="store_true",
+                    help="runs mode: also time the reference with each harness habit added (ABLATIONS), to attribute the overhead")
+    ap.add_argument("--kernel-profile", action="store_true",
+                    help="also torch.profiler 3 steps of each side: device time per step, top kernels")
     ap.add_argument("--json", default=None, help="where to write the figures (default benchmarks/results/overhead_<device>[_compile].json)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for both sides, e.g. model=gpt2 data=synthetic")
     args = ap.parse_args()
@@ -221,6 +260,7 @@ def main() -> None:
     )
     if args.profile:
         profile(overrides, args, work)
+    kernel_profiles = kernel_profile(overrides, cfg, device, args, work) if args.kernel_profile else None
 
     pairs = []  # (harness s/step, reference s/step) per pair of runs
     detail = []
@@ -247,6 +287,7 @@ def main() -> None:
             f"  pair {r}: harness {1e3 * h:8.2f} ms/step {tokens / h:10,.0f} tok/s | "
             f"reference {1e3 * ref:8.2f} ms/step {tokens / ref:10,.0f} tok/s | ratio {ref / h:.4f} ({extra})"
         )
+    ablation = ablate(overrides, cfg, device, args, work, tokens) if args.ablate else None
     ratios = [ref / h for h, ref in pairs]
     median_ratio = statistics.median(ratios)
     h_med = statistics.median(h for h, _ in pairs)
@@ -266,9 +307,82 @@ def main() -> None:
         "tokens_per_step": tokens, "steps": args.steps, "warmup": args.warmup,
         "harness_s_per_step": h_med, "reference_s_per_step": r_med, "harness_tokens_per_s": tokens / h_med,
         "reference_tokens_per_s": tokens / r_med, "pair_ratios": ratios, "ratio": median_ratio,
-        "target": TARGET, "verdict": verdict, "pairs": detail,
+        "target": TARGET, "verdict": verdict, "pairs": detail, "kernel_profile": kernel_profiles, "ablation": ablation,
     })
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+def ablate(overrides, cfg, device, args, work: Path, tokens: int) -> dict:
+    """Harness and reference variants in alternating rounds; each variant's mean step and its gap to the plain loop."""
+    from nanodist.metrics import peak_flops
+    from nanodist.model import flops_per_token
+    from nanodist.train import gpt_config
+    from nanodist.datasets import read_meta
+
+    seq = cfg.train.seq_len or cfg.model.block_size
+    flops = flops_per_token(gpt_config(cfg, read_meta(cfg.data)["vocab_size"]), seq) * tokens
+    peak = peak_flops(device)
+    variants = {
+        "reference": frozenset(),
+        "+item": frozenset({"item"}),
+        "+item+isfinite": frozenset({"item", "isfinite"}),
+        "+host_batch": frozenset({"host_batch"}),
+        "+item+isfinite+host_batch": frozenset({"item", "isfinite", "host_batch"}),
+        "+pinned_batch": frozenset({"pinned_batch"}),
+        "+compiled_loss": frozenset({"compiled_loss"}),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ["harness", *variants]}
+    for rnd in range(2):
+        names = list(times) if rnd % 2 == 0 else list(times)[::-1]
+        for name in names:
+            if name == "harness":
+                times[name].append(harness_run(overrides, args.steps, args.warmup, work / f"ab{rnd}", device.type == "cuda")["seconds_per_step"])
+            else:
+                times[name].append(reference_loop(cfg, device, args.steps, args.warmup, args.compile, variant=variants[name])["seconds_per_step"])
+    base = statistics.median(times["reference"])
+    print("ablation: the minimal loop with one harness habit at a time (median of 2 alternating runs):")
+    out = {}
+    for name, ts in times.items():
+        sec = statistics.median(ts)
+        mfu = flops / sec / peak if peak else None
+        out[name] = {"s_per_step": sec, "tokens_per_s": tokens / sec, "vs_reference": base / sec, "mfu": mfu}
+        mfu_s = f"  MFU {100 * mfu:5.1f}%" if mfu else ""
+        print(f"  {name:<28} {1e3 * sec:8.2f} ms/step {tokens / sec:10,.0f} tok/s  throughput vs reference {base / sec:.4f}{mfu_s}")
+    for key, text in ABLATIONS.items():
+        print(f"    {key}: {text}")
+    return out
+
+
+def kernel_profile(overrides: list[str], cfg, device: torch.device, args, work: Path) -> dict:
+    """torch.profiler over 3 steps after warm-up, for each side: device (or CPU) op time per step, top ops."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile as torch_profile, schedule
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    out = {}
+    for side in ("harness", "reference"):
+        prof = torch_profile(activities=activities, schedule=schedule(wait=args.warmup, warmup=1, active=3))
+        handle = optimizer_hooks.register_optimizer_step_post_hook(lambda *a: prof.step())
+        prof.start()
+        try:
+            if side == "harness":
+                run_probed([*overrides, f"train.max_steps={args.warmup + 5}"], work / "kprofile", {}, quiet=True)
+            else:
+                reference_loop(cfg, device, 5, args.warmup, args.compile)
+        finally:
+            prof.stop()
+            handle.remove()
+        events = prof.key_averages()
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        try:
+            table = events.table(sort_by=key, row_limit=14, max_name_column_width=60)
+        except Exception:  # older names
+            table = events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=14)
+        print(f"--- {side}: top ops over the profiled steps")
+        print(table)
+        out[side] = {"table": table}
+    return out
 
 
 def profile(overrides: list[str], args, work: Path) -> None:

@@ -372,11 +372,11 @@ def validate_levers(cfg: Any) -> None:
     if t.activation_checkpointing not in ("none", "full", "selective"):
         raise ConfigError(f"train.activation_checkpointing={t.activation_checkpointing} is not a mode; use none, full or selective.")
     if t.ac_every < 1:
-        raise ConfigError(f"train.ac_every={t.ac_every} must be at least 1 (checkpoint every Nth block).")
+        raise ConfigError(f"train.ac_every={t.ac_every} must be at least 1; selective checkpointing takes every Nth block.")
     if t.sdpa_backend not in ("auto", "flash", "efficient", "math", "cudnn"):
         raise ConfigError(f"train.sdpa_backend={t.sdpa_backend} is not a backend; use auto, flash, efficient, math or cudnn.")
     if any(step < 0 for step in t.profile_steps):
-        raise ConfigError(f"train.profile_steps={list(t.profile_steps)} must be 0-based step numbers.")
+        raise ConfigError(f"train.profile_steps={list(t.profile_steps)} holds a negative step; use 0-based steps as in metrics.jsonl.")
 
 
 def validate(cfg: Any, world_size: Optional[int] = None) -> None:

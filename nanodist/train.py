@@ -194,7 +194,7 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
                 "tokens_per_s_per_rank": t.batch_size * seq_len / step_time / rank.world_size,
                 "flops_per_s_per_rank": flops_per_step / step_time / rank.world_size,
                 "mfu": flops_per_step / step_time / (peak * rank.world_size) if peak else None,
-                **memory_record(state, activations.peak, device),
+                **memory_record(state, activations.peak if step >= measured_step else None, device),
             }
             if evaluating:
                 with attention_backend(t.sdpa_backend):
@@ -284,7 +284,7 @@ def global_mean(value: torch.Tensor, dims: ParallelDims, mesh) -> float:
     return value.item() / dims.dp
 
 
-def memory_record(state: dict, activation_bytes: int, device: torch.device) -> dict:
+def memory_record(state: dict, activation_bytes: int | None, device: torch.device) -> dict:
     """Per-rank memory: parameter, gradient and optimizer bytes, the measured activation peak, and
     on GPU the allocator's true peak (which also holds temporaries, buffers and fragmentation)."""
     record = {**state, "activation_bytes": activation_bytes}
