@@ -12,9 +12,10 @@ then, for each pipeline rank, it builds that rank's stages exactly as training d
   same saved-tensor meter that training uses, times the microbatches a pipeline stage holds at once.
 
 Pipeline ranks differ only in the stages they hold, so one process group serves them all: the
-figures are those of the pp rank's first rank (dp and tp coordinates 0), which holds FSDP's
-largest shards (uneven splits pad the last ranks), its stage's worst case. torch.compile is left out: it changes no shard and saves somewhat fewer
-activations, so the eager figure is an upper bound for a compiled run.
+figures are those of each pp rank's first rank (dp and tp coordinates 0), which holds FSDP's
+largest shards (uneven splits pad the last ranks), its stage's worst case. torch.compile is left
+out: it changes no shard and saves at most as many activations, so the eager figure bounds a
+compiled run's.
 """
 
 from __future__ import annotations

@@ -128,13 +128,13 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_loss(slu
 
     Cutting the limit to the next minute puts SLURM's warning (signal_delay_s before the limit) due
     at once; slurmctld sends it at its next periodic check (within 30 s), so the run must still be
-    training then: 1500 steps is about a minute on this machine. The requeued job waits 121 s
+    training then: 2000 steps take one to two minutes on this machine. The requeued job waits 121 s
     (SLURM's BeginTime hold after a requeue) unless released, so the test releases it.
     """
     env = {**subprocess_env(), **slurm_env}
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, str(ROOT / "launch.py"), "-m", *JOB, "hydra.launcher.tasks_per_node=2", "parallel=ddp", "mesh=ranks2",
-           "train.max_steps=1500", "train.batch_size=4", "train.log_interval=100", "checkpoint.interval=500",
+           "train.max_steps=2000", "train.batch_size=4", "train.log_interval=100", "checkpoint.interval=500",
            "hydra.launcher.signal_delay_s=60", "hydra.launcher.max_num_timeout=1", "logger.group=requeued,uninterrupted",
            f"hydra.sweep.dir={sweep}"]
     sweeper = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -146,7 +146,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_loss(slu
         if not ids:
             continue
         job_id, state = ids[0], squeue(ids[0], env)
-        if not cut and state.startswith("RUNNING") and list(sweep.glob("0_*/metrics.jsonl")):
+        if not cut and state.startswith("RUNNING") and any(m.stat().st_size for m in sweep.glob("0_*/metrics.jsonl")):
             scontrol(env, "update", f"JobId={job_id}", f"TimeLimit={run_minutes(job_id, env) + 1}")  # the warning is due now
             cut = True
         elif cut and not released and state == "PENDING BeginTime":
@@ -161,8 +161,8 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_loss(slu
     assert cut and released, f"the job was never requeued (cut={cut}); did it finish before SLURM's signal?\n{log[-2000:]}"
     assert "signalled before the time limit: saved step" in log and "resumed from" in log, log[-3000:]
     first, reference = read_summary(interrupted), read_summary(uninterrupted)
-    assert first["status"] == reference["status"] == "completed" and first["steps"] == reference["steps"] == 1500
+    assert first["status"] == reference["status"] == "completed" and first["steps"] == reference["steps"] == 2000
     assert first["final_loss"] == reference["final_loss"], "resuming from the signal's checkpoint changes nothing"
     saved_at = int(log.split("saved step ")[1].split(",")[0])
-    assert 0 < saved_at < 1500
+    assert 0 < saved_at < 2000
     print(json.dumps({"signalled_at_step": saved_at, "final_loss": first["final_loss"]}))

@@ -1,0 +1,76 @@
+"""Hydra multirun on this machine: the ready-made experiments, a sweep that outlives a failed job,
+and the SLURM launcher's checks that need no cluster (they run before anything is submitted)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, multirun, read_summary
+from nanodist.config import register_configs, spread_ranks, validate
+
+
+def experiment_jobs(name: str) -> list[list[str]]:
+    """The overrides of every job an experiment's sweeper would launch (its params' cartesian product)."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        params = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True).hydra.sweeper.params
+    choices = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+    return [[f"experiment={name}", *combo] for combo in itertools.product(*choices)]
+
+
+@pytest.mark.parametrize("name,jobs", [("strategy_grid", 32), ("scaling", 3)])
+def test_every_job_of_the_experiments_validates(name, jobs):
+    register_configs()
+    overrides = experiment_jobs(name)
+    assert len(overrides) == jobs
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        configs = [compose("config", overrides=o) for o in overrides]
+    for cfg in configs:
+        validate(cfg)
+    if name == "strategy_grid":  # same tokens per step everywhere, 2 and 4 ranks for every strategy
+        assert {cfg.train.batch_size * cfg.model.block_size for cfg in configs} == {512}
+        assert len({cfg.parallel.name for cfg in configs}) == 16
+    else:  # fixed per-rank batch
+        assert [cfg.train.batch_size // cfg.mesh.dp_replicate for cfg in configs] == [8, 8, 8]
+
+
+def test_spread_ranks_fills_the_outer_dims_first():
+    assert spread_ranks(["dp_shard"], 4) == "4"
+    assert spread_ranks(["dp_replicate", "dp_shard"], 2) == "2x1"
+    assert spread_ranks(["pp", "dp_shard", "tp"], 4) == "2x1x2"
+    assert spread_ranks(["pp", "dp_shard", "tp"], 8) == "2x2x2"
+
+
+@pytest.mark.multiprocess
+def test_local_sweep_runs_past_a_failed_job_and_groups_its_runs(tmp_path):
+    # The first two jobs ask for the cuDNN attention kernel, which CPUs lack: they fail at their first step.
+    sweep = tmp_path / "sweep"
+    result = multirun(sweep, "experiment=strategy_grid", "train.sdpa_backend=cudnn,auto", "parallel=ddp,pp_1f1b", "mesh=ranks2",
+                      "train.max_steps=3", "train.eval_interval=3", "logger=wandb")
+    assert result.returncode != 0, "a sweep with failed jobs exits non-zero once every job ran"
+    jobs = sorted((d for d in sweep.iterdir() if d.is_dir()), key=lambda d: int(d.name.split("_")[0]))
+    summaries = [read_summary(d) for d in jobs]
+    assert [s["status"] for s in summaries] == ["failed", "failed", "completed", "completed"]
+    assert all("RuntimeError: No viable backend for scaled_dot_product_attention" in s["error"] for s in summaries[:2])
+    assert summaries[0]["error"].startswith("rank "), "a local rank's own error, not the launcher's"
+    assert summaries[2]["final_loss"] == pytest.approx(summaries[3]["final_loss"], rel=1e-5)
+    for job in jobs[2:]:  # wandb's offline run records the sweep as its group
+        run_file = next(job.glob("wandb/offline-run-*/run-*.wandb"))
+        assert str(sweep).encode() in run_file.read_bytes()
+
+
+@pytest.mark.parametrize("mesh,tasks,words", [
+    ("mesh=ranks2", "hydra.launcher.tasks_per_node=4", "needs 2 ranks but hydra.launcher asks for 1 node(s) x 4 tasks_per_node = 4"),
+    ("mesh=ranks4", "hydra.launcher.tasks_per_node=2", "needs 4 ranks but hydra.launcher asks for 1 node(s) x 2 tasks_per_node = 2"),
+], ids=["more_tasks", "fewer_tasks"])
+def test_slurm_launcher_refuses_a_task_count_the_mesh_does_not_use(tmp_path, mesh, tasks, words):
+    """Checked before any SLURM command runs, so this needs no cluster."""
+    result = multirun(tmp_path / "sweep", "hydra/launcher=slurm", "model=nano", "parallel=ddp,fsdp", mesh, tasks)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("error: job #0 (model=nano parallel=ddp") and words in line, line
+    assert "\n" not in line and line.endswith(".")
+    assert not (tmp_path / "sweep" / ".submitit").exists(), "nothing was submitted"
