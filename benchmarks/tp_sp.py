@@ -45,7 +45,9 @@ LAYOUTS = {"single": ["parallel=single"], "tp(2)": ["parallel=tp", "mesh.tp=2"],
 
 def one_run(name: str, base: list[str], steps: int, warmup: int, work: Path) -> dict:
     total = warmup + steps
-    probe = {"first": warmup - 1, "last": total - 1, "activations": [1], "state": True}
+    # Saved-tensor hooks do not nest (the innermost wins), and the trainer measures one step itself
+    # (its `activation_bytes`): counting two steps leaves at least one to this probe.
+    probe = {"first": warmup - 1, "last": total - 1, "activations": [0, 2], "state": True}
     ranks = run_probed([*base, *LAYOUTS[name], f"train.max_steps={total}"], work, probe)
     summary, metrics = read_run(work / "run")
     return {
@@ -114,6 +116,9 @@ def main() -> None:
     for label, f in rows:
         print(f"{label:<27}" + "".join(f"{f(table[n]):>14}" for n in names))
     tp, sp = table["tp(2)"], table["tp_sp(2)"]
+    if not tp["activation_bytes_per_rank"]:
+        print("FAIL: the probe saw no saved tensors (another saved_tensors_hooks shadowed it?)")
+        sys.exit(1)
     act_ratio = sp["activation_bytes_per_rank"] / tp["activation_bytes_per_rank"]
     speed_ratio = sp["tokens_per_s"] / tp["tokens_per_s"]
     print(f"\ntp_sp / tp: activations per rank {act_ratio:.3f}x, tokens/s {speed_ratio:.3f}x")

@@ -63,3 +63,9 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def abandon() -> None:
+    """Leave after a failure on this rank: drop the group without waiting for anyone."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

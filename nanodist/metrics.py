@@ -14,6 +14,7 @@ from typing import Iterable, Optional
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
+from torch.distributed._functional_collectives import AsyncCollectiveTensor
 from torch.distributed.tensor import DTensor
 
 # Dense bf16 tensor-core peaks, FLOP/s, by a substring of torch.cuda.get_device_name().
@@ -91,6 +92,8 @@ class SavedActivations:
         if base.is_leaf and base.requires_grad:
             return tensor
         local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        if isinstance(local, AsyncCollectiveTensor):  # a collective's result not yet waited on
+            local = local.elem
         key = _storage_key(local)
         entry = self.held.setdefault(key, [0, local.untyped_storage().nbytes()])
         if entry[0] == 0:

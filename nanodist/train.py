@@ -27,7 +27,7 @@ from nanodist.checkpoint import Checkpointer
 from nanodist.config import padded_vocab_size
 from nanodist.data import BatchLayout, TokenLoader
 from nanodist.datasets import read_meta
-from nanodist.distributed import RankInfo, agree_on_output_dir, init_process_group, pick_device, shutdown
+from nanodist.distributed import RankInfo, abandon, agree_on_output_dir, init_process_group, pick_device, shutdown
 from nanodist.metrics import MetricsLog, SavedActivations, peak_flops, state_bytes
 from nanodist.model import GPT, GPTConfig, flops_per_token, num_params
 from nanodist.optim import build_optimizer, lr_at
@@ -58,9 +58,14 @@ def run(cfg, rank: RankInfo) -> dict:
         cfg.output_dir = agree_on_output_dir(cfg.output_dir)
     setup_logging(cfg.output_dir, rank)
     try:
-        return train(cfg, rank, device)
-    finally:
-        shutdown()
+        summary = train(cfg, rank, device)
+    except BaseException:
+        # No farewell barrier: the peers may never reach it. The launcher sees this rank fail
+        # and stops the others.
+        abandon()
+        raise
+    shutdown()
+    return summary
 
 
 def train(cfg, rank: RankInfo, device: torch.device) -> dict:

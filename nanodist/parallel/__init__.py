@@ -35,7 +35,7 @@ def parallelize(model: GPT, dims: ParallelDims, mesh: Mesh | None, cfg, device: 
     """Shard a meta-device GPT (or pipeline stage) for this rank, then materialise and initialise it."""
     apply_on_meta(model, dims, mesh, cfg)
     materialize(model, device, cfg.train.seed)
-    if cfg.parallel.data_parallel == "ddp" and mesh is not None:  # one rank (a scaling sweep's dp=1): nothing to replicate
+    if cfg.parallel.data_parallel == "ddp":
         apply_ddp(model, mesh["dp_replicate"])
     return model
 
