@@ -39,7 +39,7 @@ class Job:
 
     @property
     def label(self) -> str:
-        return " ".join(part for part in (self.strategy, self.shape, self.swept) if part)
+        return " ".join(part for part in (self.strategy, self.shape and f"mesh={self.shape}", self.swept) if part)
 
     @property
     def status(self) -> str:
@@ -229,7 +229,7 @@ def bar_chart(jobs: list[Job], path: Path, title: str, xlabel: str, series: dict
     for row, job, total in zip(rows, jobs, left):
         if total == 0:
             ax.text(0, row, f" {job.status}", va="center", fontsize=8, color="firebrick")
-    ax.set_yticks(rows, [f"{job.label} ({job.world_size})" for job in jobs], fontsize=8)
+    ax.set_yticks(rows, [f"{job.label}, {job.world_size} ranks" for job in jobs], fontsize=8)
     ax.set(xlabel=xlabel, title=title)
     ax.grid(axis="x", alpha=0.3)
     if len(series) > 1:
@@ -240,13 +240,13 @@ def bar_chart(jobs: list[Job], path: Path, title: str, xlabel: str, series: dict
 
 
 def plot_throughput(jobs: list[Job], path: Path) -> None:
-    bar_chart(jobs, path, "Throughput (ranks in brackets)", "tokens/s per rank",
+    bar_chart(jobs, path, "Throughput", "tokens/s per rank",
               {"tokens/s per rank": [j.tokens_per_s_per_rank for j in jobs]})
 
 
 def plot_memory(jobs: list[Job], path: Path) -> None:
     names = {"param_bytes": "parameters", "grad_bytes": "gradients", "optim_bytes": "optimizer", "activation_bytes": "activations"}
-    bar_chart(jobs, path, "Memory per rank (ranks in brackets)", "MB per rank",
+    bar_chart(jobs, path, "Memory per rank: model state and saved activations", "MB per rank",
               {label: [(j.summary.get(key) or 0) / 1e6 for j in jobs] for key, label in names.items()})
 
 

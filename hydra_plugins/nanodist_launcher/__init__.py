@@ -5,6 +5,7 @@ conf/hydra/launcher/slurm.yaml points its `_target_` here. Everything else (subm
 job running Hydra's task function, requeue on a time limit) is the stock SlurmLauncher's.
 """
 
+import sys
 from typing import Sequence
 
 from hydra.core.utils import JobReturn, filter_overrides
@@ -14,8 +15,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 class NanodistSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Compose every job's config and refuse the sweep, in one sentence, before any job is queued."""
-        import sys
-
+        # Imported here: Hydra imports every plugin module at each start, and nanodist.slurm pulls in torch.
         from nanodist.config import ConfigError
         from nanodist.slurm import check_submission
 
