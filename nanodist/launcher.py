@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
@@ -109,6 +110,10 @@ def join_slurm_job() -> Optional[int]:
     # one-machine test cluster) NANODIST_MASTER_ADDR replaces it.
     env.master_addr = os.environ.get("NANODIST_MASTER_ADDR", env.master_addr)
     env.export(set_cuda_visible_devices=False)
+    # One rank per task: its threads get the task's CPUs, not every core of the node (torchrun likewise
+    # sets OMP_NUM_THREADS=1), or the ranks sharing a node oversubscribe it.
+    if "SLURM_CPUS_PER_TASK" in os.environ:
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     return env.world_size
 
 
