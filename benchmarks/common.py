@@ -21,7 +21,6 @@ import platform
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -283,19 +282,12 @@ def run_probed(overrides: list[str], out_dir: Path, probe: dict, quiet: bool = T
             probed_worker(run_cfg, probe)
         else:
             from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
-            from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+            from torch.distributed.launcher.api import elastic_launch
 
-            config = LaunchConfig(
-                min_nodes=1,
-                max_nodes=1,
-                nproc_per_node=nproc,
-                run_id=str(uuid.uuid4()),
-                rdzv_backend="c10d",
-                rdzv_endpoint="localhost:0",
-                max_restarts=0,
-                monitor_interval=0.5,
-                logs_specs=DefaultLogsSpecs(log_dir=str(out_dir / "elastic"), redirects=Std.OUT if quiet else Std.NONE),
-            )
+            from nanodist.launcher import local_launch_config
+
+            logs = DefaultLogsSpecs(log_dir=str(out_dir / "elastic"), redirects=Std.OUT if quiet else Std.NONE)
+            config = local_launch_config(nproc, max_restarts=0, logs_specs=logs)
             elastic_launch(config, probed_worker)(run_cfg, probe)
     return [json.loads((out_dir / "probe" / f"rank{r}.json").read_text()) for r in range(nproc)]
 

@@ -69,20 +69,28 @@ def worker(run_cfg: str, rank: Optional[RankInfo] = None) -> dict:
     return run(OmegaConf.create(run_cfg), rank or rank_info())
 
 
-def spawn_local(run_cfg: str, nproc: int, max_restarts: int) -> dict:
-    """Start `nproc` ranks on this machine with a c10d rendezvous on a free localhost port."""
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+def local_launch_config(nproc: int, max_restarts: int, **options):
+    """torch elastic's config for `nproc` ranks on this machine, as `torchrun --standalone` makes it."""
+    from torch.distributed.launcher.api import LaunchConfig
 
-    config = LaunchConfig(
+    return LaunchConfig(
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=nproc,
         run_id=str(uuid.uuid4()),
         rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
+        rdzv_endpoint="localhost:0",  # port 0: a free one
         max_restarts=max_restarts,
         monitor_interval=0.5,
+        **options,
     )
+
+
+def spawn_local(run_cfg: str, nproc: int, max_restarts: int) -> dict:
+    """Start `nproc` ranks on this machine with a c10d rendezvous on a free localhost port."""
+    from torch.distributed.launcher.api import elastic_launch
+
+    config = local_launch_config(nproc, max_restarts)
     # By default torch shares the agent's TCPStore with the ranks and keeps it across restarts
     # without a per-attempt prefix, so restarted ranks read their dead predecessors' gloo
     # addresses ("Connection refused"); a fresh store per attempt makes max_restarts work.
