@@ -23,7 +23,7 @@ from nanodist.parallel.compile import apply_compile
 from nanodist.parallel.ddp import apply_ddp
 from nanodist.parallel.dims import Mesh, ParallelDims
 from nanodist.parallel.fsdp import apply_fsdp
-from nanodist.parallel.tp import apply_tp
+from nanodist.parallel.tp import apply_tp, enable_async_tp
 
 
 def data_parallel_mesh(mesh: Mesh, dims: ParallelDims) -> DeviceMesh:
@@ -45,6 +45,8 @@ def apply_on_meta(model: GPT, dims: ParallelDims, mesh: Mesh | None, cfg) -> nn.
     p, t = cfg.parallel, cfg.train
     if p.tensor_parallel:
         apply_tp(model, mesh["tp"], p.sequence_parallel, p.loss_parallel)
+        if p.async_tp:  # validation allows it only with CUDA and compile
+            enable_async_tp(mesh["tp"])
     if t.compile:
         apply_compile(model)
     apply_ac(model, t.activation_checkpointing, t.ac_every)

@@ -72,3 +72,15 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool, los
     if tied:
         model.lm_head.weight = t.wte.weight
     return model
+
+
+def enable_async_tp(tp_mesh: DeviceMesh) -> None:
+    """Let inductor overlap TP's all-gathers and reduce-scatters with the matmuls they feed.
+
+    Compiled blocks only, on CUDA: the collectives become symmetric-memory micro-pipelines.
+    """
+    import torch._inductor.config as inductor_config
+    from torch.distributed._symmetric_memory import enable_symm_mem_for_group
+
+    inductor_config._micro_pipeline_tp = True
+    enable_symm_mem_for_group(tp_mesh.get_group().group_name)
