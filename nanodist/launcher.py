@@ -117,6 +117,11 @@ def join_slurm_job() -> Optional[int]:
     # The first node's hostname is the rendezvous address; where it does not resolve (the
     # one-machine test cluster) NANODIST_MASTER_ADDR replaces it.
     env.master_addr = os.environ.get("NANODIST_MASTER_ADDR", env.master_addr)
+    if "MASTER_PORT" not in os.environ:
+        # submitit draws the port from 20000-60000, mostly inside Linux's ephemeral range (32768-60999),
+        # where any socket on the first node may hold it: rank 0 then fails with EADDRINUSE and the other
+        # ranks wait out the rendezvous timeout. Below that range, keyed by the job id all tasks share.
+        env.master_port = 20000 + int(os.environ["SLURM_JOB_ID"]) % 12768
     env.export(set_cuda_visible_devices=False)
     # One rank per task: its threads get the task's CPUs, not every core of the node (torchrun likewise
     # sets OMP_NUM_THREADS=1), or the ranks sharing a node oversubscribe it.

@@ -71,7 +71,7 @@ def report(sweep: Path) -> str:
 def test_three_strategies_on_one_node_and_the_report(slurm_env, tmp_path):
     sweep = tmp_path / "sweep"
     result = multirun(sweep, *JOB, "hydra.launcher.tasks_per_node=2", "parallel=ddp,fsdp,pp_1f1b", "mesh=ranks2",
-                      "train.max_steps=3", env=slurm_env)
+                      "train.max_steps=3", env=slurm_env, timeout=420)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summaries = [read_summary(d) for d in job_dirs(sweep)]
     assert [s["parallel"] for s in summaries] == ["ddp", "fsdp", "pp_1f1b"]
@@ -87,7 +87,7 @@ def test_world_size_4_on_two_nodes_and_a_failed_job_in_the_report(slurm_env, tmp
     # Job 1 asks for the cuDNN attention kernel, which CPUs lack: it fails at its first step on every rank.
     sweep = tmp_path / "sweep"
     result = multirun(sweep, *JOB, "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=2", "parallel=hsdp",
-                      "mesh=ranks4", "train.max_steps=3", "train.sdpa_backend=auto,cudnn", env=slurm_env)
+                      "mesh=ranks4", "train.max_steps=3", "train.sdpa_backend=auto,cudnn", env=slurm_env, timeout=420)
     assert result.returncode != 0, "a sweep with a failed job exits non-zero, after every job ran"
     assert len(job_dirs(sweep)) == 2, result.stdout[-3000:] + result.stderr[-3000:]
     ok, failed = (read_summary(d) for d in job_dirs(sweep))
