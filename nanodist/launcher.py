@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
 from nanodist.config import validate, validate_vocab
@@ -160,7 +161,7 @@ def record_failure(cfg: DictConfig, err: Exception) -> None:
         return
     try:
         output_dir = Path(cfg.output_dir)
-    except Exception:  # no Hydra run (a direct call): nowhere to write
+    except InterpolationResolutionError:  # no Hydra run (a direct call): nowhere to write
         return
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = {"status": "failed", "error": describe_error(err), "parallel": cfg.parallel.name}
