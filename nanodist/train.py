@@ -157,7 +157,7 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
     preemption = Preemption.install()  # SLURM's time-limit signal: checkpoint, then requeue
     profiler = StepProfiler(t.profile_steps, Path(cfg.output_dir, "profile", f"rank{rank.rank}"), device)
     best_val, val_loss, step_times, start = math.inf, None, [], time.perf_counter()
-    loss_value, error, skipped = math.nan, None, 0
+    loss_value, error, skipped = None, None, 0  # None until a step is logged (valid JSON)
     for step in range(train_loader.step, t.max_steps):
         lr = lr_at(step, cfg.optim, t.max_steps)
         for group in optimizer.param_groups:
