@@ -26,6 +26,12 @@ train: setup
 test: setup
 	$(PY) -m pytest -q
 
-# The multi-process tests, 20 times in a row: gloo teardown must never abort a run.
+# The multi-process tests (SLURM ones included when a cluster is up), 20 rounds in a row: gloo
+# teardown must never abort a run. Three tests at a time (the SLURM ones one after another, they
+# share the cluster): about 7 minutes a round on 2 cores.
+SOAK_ROUNDS ?= 20
 soak: setup
-	for i in $$(seq 20); do echo "soak round $$i"; $(PY) -m pytest -q -x -m multiprocess || exit 1; done
+	for i in $$(seq $(SOAK_ROUNDS)); do \
+	  echo "soak round $$i/$(SOAK_ROUNDS) started $$(date -u +%FT%TZ)"; \
+	  $(PY) -m pytest -q -x -m multiprocess -n 3 --dist loadgroup -p no:cacheprovider || exit 1; \
+	done; echo "soak: $(SOAK_ROUNDS) rounds in a row passed $$(date -u +%FT%TZ)"

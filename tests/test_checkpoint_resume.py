@@ -80,17 +80,17 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 def worker_pids(launcher_pid: int) -> list[int]:
-    """The local ranks the elastic launcher in `launcher_pid` started (multiprocessing children), in pid order."""
-    pids = []
+    """The local ranks the elastic launcher in `launcher_pid` started, in pid order: the children of
+    its forkserver process (which the launcher started, and which forks one process per rank)."""
+    parents, cmdlines = {}, {}
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            is_child = f"\nPPid:\t{launcher_pid}\n" in status.read_text()
-            is_worker = b"spawn_main" in (status.parent / "cmdline").read_bytes()
-        except OSError:
+            parents[int(status.parent.name)] = int(re.search(r"\nPPid:\t(\d+)\n", status.read_text())[1])
+            cmdlines[int(status.parent.name)] = (status.parent / "cmdline").read_bytes()
+        except (OSError, TypeError):
             continue
-        if is_child and is_worker:
-            pids.append(int(status.parent.name))
-    return sorted(pids)
+    servers = [pid for pid, parent in parents.items() if parent == launcher_pid and b"forkserver" in cmdlines[pid]]
+    return sorted(pid for pid, parent in parents.items() if parent in servers)
 
 
 @pytest.mark.multiprocess

@@ -21,7 +21,8 @@ import pytest
 
 from conftest import ROOT, multirun, read_summary, subprocess_env
 
-pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
+# One SLURM test at a time, even under `pytest -n` (`make soak`): they share the two-node cluster.
+pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess, pytest.mark.xdist_group("slurm")]
 
 SLURM_BIN = Path(os.environ.get("NANODIST_SLURM_DIR", "/tmp/nanodist-slurm")) / "bin"  # its sacct stand-in
 START = "start one with `bash ../shared/slurm/start-cluster.sh` (it needs root) and rerun"
