@@ -152,7 +152,7 @@ class TrainConfig:
     # A NaN or inf loss (or gradient norm): "stop" the run, keeping the last good checkpoint, or
     # "skip" the update and go on.
     nan_policy: str = "stop"
-    # torch.compile each transformer block (inductor; on CPU it needs a C++ compiler).
+    # torch.compile each transformer block and the loss (inductor; on CPU it needs a C++ compiler).
     compile: bool = False
     # Recompute block activations in backward instead of keeping them: "none", "full" (every
     # block) or "selective" (every `ac_every`-th block).

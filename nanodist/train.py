@@ -33,6 +33,7 @@ from nanodist.model import GPT, GPTConfig, flops_per_token, num_params
 from nanodist.optim import build_optimizer, lr_at
 from nanodist.parallel import parallelize, set_gradient_sync
 from nanodist.parallel.clip import clip_grad_norm_
+from nanodist.parallel.compile import compile_loss
 from nanodist.parallel.dims import ParallelDims
 from nanodist.profiling import StepProfiler
 from nanodist.sampling import generate_text
@@ -79,12 +80,14 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
     seq_len = t.seq_len or config.block_size
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
     loss_context = loss_parallel if p.loss_parallel else contextlib.nullcontext
+    # Under loss parallelism the logits are vocab-sharded DTensors: that loss stays eager.
+    loss_fn = compile_loss(cross_entropy) if t.compile and not p.loss_parallel else cross_entropy
 
     # ---- model: built on meta, split into stages if pipelined, sharded, then materialised ----
     if p.pipeline:
         from nanodist.parallel.pp import build_pipeline
 
-        pipeline = build_pipeline(config, dims, mesh, cfg, device, loss_fn=lambda out, y: cross_entropy(out, y) / t.grad_accum)
+        pipeline = build_pipeline(config, dims, mesh, cfg, device, loss_fn=lambda out, y: loss_fn(out, y) / t.grad_accum)
         parts = pipeline.parts
     else:
         with torch.device("meta"):
@@ -126,7 +129,7 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
             else:
                 with loss_context():
                     with autocast:
-                        loss = cross_entropy(parts[0](x), y) / t.grad_accum
+                        loss = loss_fn(parts[0](x), y) / t.grad_accum
                     loss.backward()
                 total += as_plain(loss.detach())
         return total
@@ -143,7 +146,7 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
                     total += pipeline.evaluate(x, y, autocast, loss_context)
                 else:
                     with loss_context(), autocast:
-                        total += as_plain(cross_entropy(parts[0](x), y))
+                        total += as_plain(loss_fn(parts[0](x), y))
         for part in parts:
             part.train()
         return global_mean(total / (t.eval_iters * t.grad_accum), dims, mesh)

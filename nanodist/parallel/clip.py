@@ -31,8 +31,9 @@ def clip_grad_norm_(params: list[torch.nn.Parameter], max_norm: float, pp_group:
         dist.all_reduce(total_sq, group=pp_group)
     total = total_sq.sqrt()
     if max_norm > 0:
-        coef = max_norm / (total.item() + 1e-6)
-        if coef < 1:
-            for grads in groups.values():
-                torch._foreach_mul_(grads, coef)
+        # The coefficient stays on the device (1 when the norm is within bounds): reading it on the
+        # host would stop the CPU from queuing the next step's kernels ahead of the GPU, every step.
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for grads in groups.values():
+            torch._foreach_mul_(grads, coef)
     return total
