@@ -137,10 +137,14 @@ def _unpack(packed):
 class MetricsLog:
     """metrics.jsonl + console progress line + optional wandb/tensorboard, all on rank 0 only."""
 
-    def __init__(self, output_dir: str, cfg, max_steps: int, enabled: bool, print_fn=print):
+    def __init__(self, output_dir: str, cfg, max_steps: int, enabled: bool, print_fn=print, first_step: int = 0):
+        """`first_step`: where this attempt starts (a resumed run's checkpoint step)."""
         self.enabled, self.max_steps, self.print = enabled, max_steps, print_fn
         self.start = time.perf_counter()
-        self.file = open(Path(output_dir) / "metrics.jsonl", "a") if enabled else None
+        path = Path(output_dir) / "metrics.jsonl"
+        if enabled:
+            drop_steps_from(path, first_step)
+        self.file = open(path, "a") if enabled else None
         self.wandb_run = self.tensorboard = None
         if enabled and cfg.logger.name == "wandb":
             import wandb
@@ -194,6 +198,27 @@ class MetricsLog:
             self.wandb_run.finish()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def drop_steps_from(path: Path, first_step: int) -> None:
+    """Forget the records of steps >= `first_step`: a killed attempt logged them after its last
+    checkpoint, and the resumed run is about to log them again, so each step keeps one record."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _step_of(line) < first_step]
+    if len(kept) < len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+
+def _step_of(line: str) -> float:
+    """A record's step; a line the killed attempt left half-written counts as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def _duration(seconds: float) -> str:

@@ -109,7 +109,7 @@ def read_json(path: Path) -> Optional[dict]:
 
 
 def read_records(path: Path) -> list[dict]:
-    """Training records by step; a requeued job may log a step twice, and its last record counts."""
+    """Training records by step; should a step appear twice, its last record counts."""
     if not path.exists():
         return []
     by_step = {}

@@ -108,7 +108,7 @@ def train(cfg, rank: RankInfo, device: torch.device) -> dict:
     if resumed is not None:
         train_loader.load_state_dict(resumed["loader"])
 
-    metrics = MetricsLog(cfg.output_dir, cfg, t.max_steps, enabled=rank.is_main, print_fn=log.info)
+    metrics = MetricsLog(cfg.output_dir, cfg, t.max_steps, enabled=rank.is_main, print_fn=log.info, first_step=train_loader.step)
     flops_per_step = flops_per_token(config, seq_len) * t.batch_size * seq_len
     peak = peak_flops(device)
     pp_group = mesh["pp"].get_group() if dims.pp > 1 else None

@@ -6,6 +6,7 @@ the last ones run launch.py as a user would, for what only a whole run shows (ex
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from conftest import NANO, launch, read_summary
 from nanodist.checkpoint import Checkpointer, CheckpointError, checkpoint_dirs, load_model, problem
 from nanodist.config import OptimConfig
+from nanodist.metrics import drop_steps_from
 from nanodist.model import GPT, GPTConfig
 from nanodist.optim import build_optimizer
 
@@ -151,6 +153,13 @@ def test_load_model_gives_the_saved_weights(tmp_path):
     assert meta["step"] == 2
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_resumed_run_forgets_the_steps_it_will_log_again(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(6)) + '{"step": 6, "lo')
+    drop_steps_from(path, 4)  # resumed from the step-4 checkpoint; the killed attempt got to step 6
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]
 
 
 # ---- whole runs through launch.py ----
