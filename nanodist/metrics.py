@@ -217,7 +217,7 @@ def _step_of(line: str) -> float:
     """A record's step; a line the killed attempt left half-written counts as past every step."""
     try:
         return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except json.JSONDecodeError:
         return float("inf")
 
 
