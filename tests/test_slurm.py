@@ -124,6 +124,9 @@ def run_minutes(job_id: str, env: dict) -> int:
     return math.ceil((int(h) * 3600 + int(m) * 60 + int(s)) / 60)
 
 
+RELEASE_DELAY_S = 5
+
+
 def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_loss(slurm_env, tmp_path):
     """Two identical jobs: job 0's time limit is cut short once it trains, job 1 runs uninterrupted.
 
@@ -131,7 +134,8 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_loss(slu
     at once; slurmctld sends it at one of its periodic checks, which were seen to come more than 40 s
     apart, so the run must still be training a good while later: 6000 steps take over two minutes on
     an idle 2-core machine (2000 steps once finished first), five or more on a busy one. The requeued
-    job waits 121 s (SLURM's BeginTime hold after a requeue) unless released, so the test releases it.
+    job waits 121 s (SLURM's BeginTime hold after a requeue) unless released, so the test releases it,
+    RELEASE_DELAY_S after seeing it held: released in the second of the requeue, it was once refused.
     """
     steps = 6000
     env = {**subprocess_env(), **slurm_env}
@@ -142,6 +146,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_loss(slu
            f"hydra.sweep.dir={sweep}"]
     sweeper = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cut = released = False
+    requeued_at = None
     deadline = time.time() + 900
     while sweeper.poll() is None and time.time() < deadline:
         time.sleep(1)
@@ -153,8 +158,12 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_loss(slu
             scontrol(env, "update", f"JobId={job_id}", f"TimeLimit={run_minutes(job_id, env) + 1}")  # the warning is due now
             cut = True
         elif cut and not released and state == "PENDING BeginTime":
-            scontrol(env, "update", f"JobId={job_id}", "StartTime=now", "TimeLimit=10")
-            released = True
+            requeued_at = requeued_at or time.time()
+            # slurmd refuses a job whose credential dates from the second its last run was revoked
+            # ("Job credential revoked", the job then fails): release it a few seconds later.
+            if time.time() - requeued_at >= RELEASE_DELAY_S:
+                scontrol(env, "update", f"JobId={job_id}", "StartTime=now", "TimeLimit=10")
+                released = True
     if sweeper.poll() is None:
         sweeper.kill()
     output = sweeper.communicate()[0]
