@@ -1,6 +1,6 @@
 """nanodist's one entry point: `python launch.py [group=option ...] [key=value ...]`.
 
-Hydra composes conf/ into one config; nanodist.launcher validates it, prepares the data and
+Hydra composes conf/ into one config; nanodist.launch.local validates it, prepares the data and
 starts (or joins) the ranks. Under torchrun every rank runs this file; rank 0's run dir is used.
 """
 
@@ -14,8 +14,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nanodist.config import ConfigError, register_configs
-from nanodist.datasets import DatasetUnavailable
-from nanodist.launcher import launch
+from nanodist.data import DatasetUnavailable
+from nanodist.launch.local import launch
 
 register_configs()
 

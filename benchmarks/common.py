@@ -1,6 +1,6 @@
 """Helpers shared by the benchmarks: compose nanodist's config, start real ranks, and probe them.
 
-Every benchmark drives the product through its own code path (Hydra's config tree, `nanodist.launcher`,
+Every benchmark drives the product through its own code path (Hydra's config tree, `nanodist.launch.local`,
 `nanodist.train`) and measures it from the outside with hooks that the product does not know about:
 
 - optimizer step hooks (torch's global `register_optimizer_step_*_hook`) time each training step and
@@ -180,7 +180,7 @@ class StateProbe:
     """Per-rank bytes of parameters and gradients (just before each optimizer step) and optimizer state (after)."""
 
     def __init__(self):
-        from nanodist.metrics import local_bytes
+        from nanodist.train.metrics import local_bytes
 
         self.local_bytes = local_bytes
         self.record: dict[str, int] = {}
@@ -213,8 +213,8 @@ def probed_worker(run_cfg: str, probe: dict) -> dict:
     probe keys: out (dir), first/last (timed steps), activations (list of step indices to count),
     state (bool).
     """
-    from nanodist.distributed import rank_info
-    from nanodist.launcher import worker
+    from nanodist.parallel.process_group import rank_info
+    from nanodist.launch.local import worker
 
     rank = rank_info()
     probes = []
@@ -264,7 +264,7 @@ def run_probed(overrides: list[str], out_dir: Path, probe: dict, quiet: bool = T
     from omegaconf import OmegaConf
 
     from nanodist.config import validate
-    from nanodist.launcher import prepare_data
+    from nanodist.launch.local import prepare_data
     from nanodist.parallel.dims import ParallelDims
 
     run_dir = out_dir / "run"
@@ -284,7 +284,7 @@ def run_probed(overrides: list[str], out_dir: Path, probe: dict, quiet: bool = T
             from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
             from torch.distributed.launcher.api import elastic_launch
 
-            from nanodist.launcher import local_launch_config
+            from nanodist.launch.local import local_launch_config
 
             logs = DefaultLogsSpecs(log_dir=str(out_dir / "elastic"), redirects=Std.OUT if quiet else Std.NONE)
             config = local_launch_config(nproc, max_restarts=0, logs_specs=logs)

@@ -99,7 +99,7 @@ def part_mfu(args, sweep: Path) -> dict:
         print(f"fsdp(1)/single tokens/s at batch {best_b}: {ratio:.3f}; peak memory "
               f"{(fsdp1['peak_memory_bytes'] or 0) / 2**30:.1f} vs {(single['peak_memory_bytes'] or 0) / 2**30:.1f} GiB")
     try:
-        from nanodist.report import load_sweep, table
+        from nanodist.tools.report import load_sweep, table
 
         out["table"] = table(load_sweep(sweep))
         print(out["table"])

@@ -2,7 +2,7 @@
 
 Both sides train the same GPT (nanodist.model.GPT) on the same batches, with the same AdamW (fused,
 decay on matrices only), grad clipping, lr schedule and autocast. The harness side goes through the
-product's real path (Hydra config -> nanodist.launcher.worker -> nanodist.train.train, with its
+product's real path (Hydra config -> nanodist.launch.local.worker -> nanodist.train.train, with its
 loader, logging, metrics, clipping, NaN check); the reference is the short loop in
 `reference_loop` below. A step is timed from one optimizer step to the next, so everything the loop
 does between two updates counts. Evaluation, sampling and checkpoint saving are turned off: they
@@ -106,10 +106,10 @@ def reference_loop(cfg, device: torch.device, steps: int, warmup: int, compile_b
     """The minimal loop. Returns StepClock figures over `steps` timed steps after `warmup` (runs mode).
 
     `variant` adds harness habits from ABLATIONS, to attribute the harness's overhead to them."""
-    from nanodist.data import BatchLayout, TokenLoader
-    from nanodist.datasets import read_meta
+    from nanodist.train.loader import BatchLayout, TokenLoader
+    from nanodist.data import read_meta
     from nanodist.model import GPT
-    from nanodist.train import gpt_config
+    from nanodist.train.trainer import gpt_config
 
     t, o = cfg.train, cfg.optim
     config = gpt_config(cfg, read_meta(cfg.data)["vocab_size"])
@@ -320,10 +320,10 @@ def main() -> None:
 
 def ablate(overrides, cfg, device, args, work: Path, tokens: int) -> dict:
     """Harness and reference variants in alternating rounds; each variant's mean step and its gap to the plain loop."""
-    from nanodist.metrics import peak_flops
+    from nanodist.train.metrics import peak_flops
     from nanodist.model import flops_per_token
-    from nanodist.train import gpt_config
-    from nanodist.datasets import read_meta
+    from nanodist.train.trainer import gpt_config
+    from nanodist.data import read_meta
 
     seq = cfg.train.seq_len or cfg.model.block_size
     flops = flops_per_token(gpt_config(cfg, read_meta(cfg.data)["vocab_size"]), seq) * tokens

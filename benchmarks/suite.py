@@ -2,7 +2,7 @@
 
 Each strategy runs as a user runs it, `python launch.py <config> parallel=... mesh...`, into one
 sweep dir (outputs/benchmarks/suite_<time>/NN_<strategy>); the table is the sweep report's own
-(`nanodist.report`), so the suite and `python -m nanodist.report <sweep dir>` print the same thing.
+(`nanodist.tools.report`), so the suite and `python -m nanodist.tools.report <sweep dir>` print the same thing.
 Every strategy trains the same model (untied embeddings, since pipeline stages cannot share a
 tied weight) on the same global batch, so throughput, memory and final loss compare directly.
 
@@ -129,7 +129,7 @@ def main() -> None:
         jobs.append(job)
         print(f"  {name:<15} exit {job['exit']}  {job['seconds']:6.1f} s  {' '.join(overrides)}")
 
-    from nanodist.report import load_sweep, table, write_report
+    from nanodist.tools.report import load_sweep, table, write_report
 
     report_jobs = load_sweep(sweep)
     md = table(report_jobs)

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import NANO, launch, read_summary
-from nanodist.checkpoint import Checkpointer, CheckpointError, checkpoint_dirs, load_model, problem
+from nanodist.train.checkpoint import Checkpointer, CheckpointError, checkpoint_dirs, load_model, problem
 from nanodist.config import OptimConfig
-from nanodist.metrics import drop_steps_from
+from nanodist.train.metrics import drop_steps_from
 from nanodist.model import GPT, GPTConfig
-from nanodist.optim import build_optimizer
+from nanodist.train.optim import build_optimizer
 
 # Dropout on, so that resuming exactly also needs the RNG state back.
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=64, dropout=0.1)

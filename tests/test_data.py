@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA
-from nanodist.data import BatchLayout, TokenLoader
-from nanodist.tokenizer import CharTokenizer, GPT2Tokenizer
+from nanodist.train.loader import BatchLayout, TokenLoader
+from nanodist.data.tokenizer import CharTokenizer, GPT2Tokenizer
 
 SYNTHETIC = OmegaConf.create({"name": "synthetic", "dir": "unused"})
 
@@ -32,27 +32,59 @@ def loader(dp_size=1, dp_rank=0, grad_accum=1, seed=0):
 
 
 def test_loader_is_deterministic_for_a_seed_and_differs_across_seeds():
-    a, b, c = loader().next(), loader().next(), loader(seed=1).next()
+    a, b, c = loader().micro_batches(0), loader().micro_batches(0), loader(seed=1).micro_batches(0)
     assert torch.equal(a[0][0], b[0][0])
     assert not torch.equal(a[0][0], c[0][0])
 
 
 def test_targets_are_inputs_shifted_by_one():
-    x, y = loader().next()[0]
+    x, y = loader().micro_batches(0)[0]
     assert torch.equal(x[:, 1:], y[:, :-1])
 
 
 @pytest.mark.parametrize("dp_size,grad_accum", [(2, 1), (4, 1), (2, 2)])
 def test_dp_ranks_and_micro_steps_partition_the_single_process_batch(dp_size, grad_accum):
-    whole = loader().next()[0][0]
-    parts = [loader(dp_size, rank, grad_accum).next() for rank in range(dp_size)]
+    whole = loader().micro_batches(0)[0][0]
+    parts = [loader(dp_size, rank, grad_accum).micro_batches(0) for rank in range(dp_size)]
     rows = torch.cat([parts[rank][micro][0] for micro in range(grad_accum) for rank in range(dp_size)])
     assert torch.equal(rows, whole)
 
 
-def test_loader_position_survives_save_and_restore():
-    first = loader()
-    first.next(), first.next()
-    resumed = loader()
-    resumed.load_state_dict(first.state_dict())
-    assert torch.equal(first.next()[0][0], resumed.next()[0][0])
+def test_a_steps_batch_depends_on_the_step_alone_so_a_resumed_loader_needs_no_state():
+    used = loader()
+    used.micro_batches(0), used.micro_batches(1)
+    assert torch.equal(used.micro_batches(2)[0][0], loader().micro_batches(2)[0][0])
+    assert not torch.equal(loader().micro_batches(2)[0][0], loader().micro_batches(3)[0][0])
+
+
+def test_prepare_script_writes_the_char_dataset_where_dir_says(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, subprocess_env
+
+    out = tmp_path / "sc"
+    script = ROOT / "data" / "shakespeare_char" / "prepare.py"
+    # From another cwd: the script finds the project itself.
+    result = subprocess.run([sys.executable, str(script), f"dir={out}"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "meta.json").read_text())["vocab_size"] == 65
+    train, val = ((out / f"{split}.bin").stat().st_size // 2 for split in ("train", "val"))
+    assert 8 * val < train < 10 * val  # the 90/10 split
+    assert str(out) in result.stdout and f"{train:,} tokens" in result.stdout
+
+
+@pytest.mark.parametrize("argument", ["vocab=65", "data.dir=/tmp/x", "max_bytes=lots", "force=maybe"])
+def test_prepare_script_refuses_a_bad_argument_in_one_line(tmp_path, argument):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, subprocess_env
+
+    script = ROOT / "data" / "shakespeare_char" / "prepare.py"
+    cmd = [sys.executable, str(script), f"dir={tmp_path / 'sc'}", argument]
+    result = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "sc").exists()  # refused before anything was written

@@ -24,7 +24,7 @@ def dry_run_in_process(tmp_path, *overrides: str) -> dict:
     from hydra import compose, initialize_config_dir
 
     from nanodist.config import validate
-    from nanodist.dryrun import dry_run
+    from nanodist.tools.dryrun import dry_run
 
     register_configs()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

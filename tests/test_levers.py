@@ -14,7 +14,7 @@ import torch
 
 from conftest import NANO, ROOT, launch, read_metrics
 from nanodist.config import ConfigError, register_configs, validate
-from nanodist.metrics import SavedActivations
+from nanodist.train.meters import SavedActivations
 from nanodist.model import GPT, GPTConfig
 from nanodist.parallel.ac import apply_ac
 from nanodist.parallel.compile import apply_compile

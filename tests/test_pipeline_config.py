@@ -24,7 +24,7 @@ BAD_INPUTS = [
     ("virtual_stages_too_few_layers", ["parallel=pp_interleaved", "mesh.pp=4"], "8 pipeline stages"),
     ("v_with_too_few_layers", ["parallel=pp_zbv", "model.n_layer=3"], "need at least one layer each but model.n_layer=3"),
     ("microbatches_not_dividing", ["parallel=pp_1f1b", "parallel.pp.n_microbatches=3"], "n_microbatches=3 does not divide"),
-    ("microbatches_after_dp_and_accum", ["parallel=pp_fsdp", "mesh=2x2", "train.grad_accum=2"],
+    ("microbatches_after_dp_and_accum", ["parallel=pp_fsdp", "mesh=2x2", "train.grad_accum=2", "parallel.pp.n_microbatches=4"],
      "does not divide the per-rank micro-batch of 2 sequences"),
     ("v_needs_two_stages_per_rank", ["parallel=pp_zbv", "parallel.pp.stages_per_rank=3"], "needs parallel.pp.stages_per_rank exactly 2"),
     ("interleaved_needs_virtual_stages", ["parallel=pp_interleaved", "parallel.pp.stages_per_rank=1"], "at least 2"),

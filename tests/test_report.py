@@ -38,7 +38,7 @@ def completed(parallel: str, mesh: dict, tokens_per_s: float, final_loss: float)
 
 
 def run_report(sweep: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nanodist.report", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "nanodist.tools.report", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_report_lists_every_job_with_its_status_and_writes_the_plots(tmp_path):
@@ -67,7 +67,7 @@ def test_report_lists_every_job_with_its_status_and_writes_the_plots(tmp_path):
 
 
 def test_requeued_steps_count_once(tmp_path):
-    from nanodist.report import read_records
+    from nanodist.tools.report import read_records
 
     make_job(tmp_path, "0_x", "fsdp", ["dp_shard"], None, [4.0, 3.0, 2.0])
     assert [r["loss"] for r in read_records(tmp_path / "0_x" / "metrics.jsonl")] == [4.0, 3.0, 2.0]

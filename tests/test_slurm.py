@@ -62,7 +62,7 @@ def job_dirs(sweep: Path) -> list[Path]:
 
 
 def report(sweep: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "nanodist.report", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "nanodist.tools.report", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     for png in ("loss.png", "throughput.png", "memory.png"):
         assert (sweep / png).stat().st_size > 10_000

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nanodist.dryrun import fake_process_group
-from nanodist.metrics import local_bytes
+from nanodist.tools.dryrun import fake_process_group
+from nanodist.parallel.tensors import local_bytes
 from nanodist.model import GPT, GPTConfig
 from nanodist.parallel.dims import ParallelDims
 from nanodist.parallel.tp import apply_tp

@@ -15,9 +15,9 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 class NanodistSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Compose every job's config and refuse the sweep, in one sentence, before any job is queued."""
-        # Imported here: Hydra imports every plugin module at each start, and nanodist.slurm pulls in torch.
+        # Imported here: Hydra imports every plugin module at each start, and nanodist.launch.slurm pulls in torch.
         from nanodist.config import ConfigError
-        from nanodist.slurm import check_submission
+        from nanodist.launch.slurm import check_submission
 
         loader = self.hydra_context.config_loader
         jobs = [

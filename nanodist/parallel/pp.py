@@ -10,10 +10,10 @@ Placement follows the schedule: one stage per rank (GPipe, 1F1B), loops (stage s
 Interleaved1F1B, LoopedBFS, InterleavedZeroBubble), or a V (rank r holds stages r and 2pp-1-r:
 ZBVZeroBubble, DualPipeV), so the first and last stage of a V share rank 0.
 
-Loss scaling: the schedule runs with `scale_grads=False` and each micro-micro-batch's loss is
-divided by n_microbatches itself. torch's own scaling divides every gradient the stage holds at the
-end of each step, which would also shrink the gradients accumulated by earlier grad-accumulation
-micro-steps; dividing the loss keeps pipeline microbatches and grad accumulation in agreement.
+Loss scaling: the schedule runs with `scale_grads=False` and the loss it is given already carries
+1 / (grad_accum x n_microbatches) (`nanodist.parallel.runner.micro_step_loss`). torch's own scaling
+divides every gradient the stage holds at the end of each step, which would also shrink the
+gradients accumulated by earlier grad-accumulation micro-steps.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import torch.distributed as dist
 import torch.distributed.pipelining as pipelining
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import PipelineScheduleSingle
-from torch.distributed.tensor import DTensor
 
 from nanodist.config import PP_SCHEDULES, ConfigError
 from nanodist.model import GPT, GPTConfig
-from nanodist.parallel import parallelize
+from nanodist.parallel.parallelize import parallelize
 from nanodist.parallel.dims import Mesh, ParallelDims
+from nanodist.parallel.tensors import as_plain
 
 
 def split_layers(n_layer: int, n_stages: int, layers_per_stage: list[int]) -> list[range]:
@@ -78,7 +78,7 @@ def schedule_class(name: str) -> type:
 
 @dataclass
 class Pipeline:
-    """This rank's stages and the schedule that drives them; the training loop's view of a pipeline."""
+    """This rank's stages and the schedule that drives them; the step runner's view of a pipeline."""
 
     parts: list[GPT]
     schedule: object
@@ -86,56 +86,55 @@ class Pipeline:
     owner: list[int]  # stage index -> the pp rank that holds it
     pp_rank: int
     pp_group: dist.ProcessGroup
-    loss_fn: Callable  # the training loss: mean cross-entropy / grad_accum
-    grad_accum: int
     hidden_size: int
     seq_shards: int  # sequence parallelism passes 1/tp of the sequence between stages
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, autocast, loss_context: Callable) -> torch.Tensor:
-        """Forward and backward of one grad-accumulation micro-step; the mean microbatch loss on the last stage."""
+    @property
+    def holds_last_stage(self) -> bool:
+        return len(self.owner) - 1 in self.stages
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of one micro-step; this rank's share of the loss (0 off the last stage)."""
         losses: list[torch.Tensor] = []
         inputs = (x,) if 0 in self.stages else ()
-        target = y if len(self.owner) - 1 in self.stages else None
-        # loss_parallel must cover the loss's backward too, which runs inside the schedule.
-        with loss_context(), autocast:
-            self.schedule.step(*inputs, target=target, losses=losses, return_outputs=False)
-        # Each loss already carries 1/n_microbatches, so their sum is the microbatch mean.
-        return sum((_local(loss) for loss in losses), torch.zeros((), device=x.device))
+        self.schedule.step(*inputs, target=y if self.holds_last_stage else None, losses=losses, return_outputs=False)
+        # Each loss already carries its 1/(grad_accum x n_microbatches), so their sum is this micro-step's share.
+        return sum((as_plain(loss) for loss in losses), torch.zeros((), device=x.device))
 
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, autocast, loss_context: Callable) -> torch.Tensor:
-        """Forward only, whole micro-batch at once: the mean cross-entropy on the last stage, 0 elsewhere.
+    def forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Forward only, whole micro-batch at once: the last stage's output on its rank, None elsewhere.
 
         Stages run in order, each rank receiving its stage's input from the previous stage's owner.
         torch's `schedule.eval()` is not used: for the V placements (torch 2.13) it runs the local
         backward hand-off between a rank's two adjacent stages and fails, and every switch between
         eval and train makes a schedule infer its stage metadata again.
         """
-        last = len(self.owner) - 1
-        total, h = torch.zeros((), device=x.device), x
-        with loss_context(), autocast:
-            for s, module in sorted(self.stages.items()):
-                if s > 0 and self.owner[s - 1] != self.pp_rank:
-                    h = torch.empty(x.size(0), x.size(1) // self.seq_shards, self.hidden_size, device=x.device)
-                    dist.recv(h, src=self._global_rank(s - 1), group=self.pp_group)
-                h = module(h)
-                if s == last:
-                    total = _local(self.loss_fn(h, y)) * self.grad_accum  # undo the training loss's 1/grad_accum
-                elif self.owner[s + 1] != self.pp_rank:
-                    # Sent as fp32 whatever the compute dtype (lossless); the next stage casts as it computes.
-                    dist.send(h.float().contiguous(), dst=self._global_rank(s + 1), group=self.pp_group)
-        return total
+        last, h = len(self.owner) - 1, x
+        for s, module in sorted(self.stages.items()):
+            if s > 0 and self.owner[s - 1] != self.pp_rank:
+                h = torch.empty(x.size(0), x.size(1) // self.seq_shards, self.hidden_size, device=x.device)
+                dist.recv(h, src=self._global_rank(s - 1), group=self.pp_group)
+            h = module(h)
+            if s != last and self.owner[s + 1] != self.pp_rank:
+                # Sent as fp32 whatever the compute dtype (lossless); the next stage casts as it computes.
+                dist.send(h.float().contiguous(), dst=self._global_rank(s + 1), group=self.pp_group)
+        return h if self.holds_last_stage else None
+
+    def broadcast_from_last_stage(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` as the last stage's rank holds it, on every pp rank (same shape everywhere)."""
+        dist.broadcast(value, src=self._global_rank(len(self.owner) - 1), group=self.pp_group)
+        return value
 
     def _global_rank(self, stage: int) -> int:
         return dist.get_global_rank(self.pp_group, self.owner[stage])
 
 
-def _local(loss: torch.Tensor) -> torch.Tensor:
-    """A loss as a plain tensor: under loss parallelism it is a replicated DTensor."""
-    return (loss.full_tensor() if isinstance(loss, DTensor) else loss).detach()
+def build_pipeline(config: GPTConfig, dims: ParallelDims, mesh: Mesh, cfg, device: torch.device,
+                   train_loss: Callable, n_microbatches: int) -> Pipeline:
+    """Build, parallelise and materialise this rank's stages, and the schedule over mesh["pp"].
 
-
-def build_pipeline(config: GPTConfig, dims: ParallelDims, mesh: Mesh, cfg, device: torch.device, loss_fn: Callable) -> Pipeline:
-    """Build, parallelise and materialise this rank's stages, and the schedule over mesh["pp"]."""
+    `train_loss` is the loss of one microbatch, already scaled for accumulation and microbatches.
+    """
     p, pc = cfg.parallel, cfg.parallel.pp
     pp_mesh, pp_rank = mesh["pp"], mesh["pp"].get_local_rank()
     n_stages = dims.pp * pc.stages_per_rank
@@ -148,13 +147,11 @@ def build_pipeline(config: GPTConfig, dims: ParallelDims, mesh: Mesh, cfg, devic
     for s in stage_ids(pc.schedule, dims.pp, pc.stages_per_rank, pp_rank):
         modules[s] = parallelize(build_stage_model(config, layers[s], s == 0, s == n_stages - 1), dims, mesh, cfg, device)
         stages.append(PipelineStage(modules[s], s, n_stages, device, group=pp_mesh.get_group()))
-
-    n = pc.n_microbatches
     cls = schedule_class(pc.schedule)
     schedule = cls(
         stages[0] if issubclass(cls, PipelineScheduleSingle) else stages,
-        n_microbatches=n,
-        loss_fn=lambda out, y: loss_fn(out, y) / n,
+        n_microbatches=n_microbatches,
+        loss_fn=train_loss,
         scale_grads=False,
     )
     return Pipeline(
@@ -164,8 +161,6 @@ def build_pipeline(config: GPTConfig, dims: ParallelDims, mesh: Mesh, cfg, devic
         owner=owner,
         pp_rank=pp_rank,
         pp_group=pp_mesh.get_group(),
-        loss_fn=loss_fn,
-        grad_accum=cfg.train.grad_accum,
         hidden_size=config.n_embd,
         seq_shards=dims.tp if p.tensor_parallel and p.sequence_parallel else 1,
     )

@@ -3,7 +3,7 @@
 A step's global batch is a pure function of (seed, split, step): random windows of the token file,
 or random tokens for synthetic data. Each data-parallel rank reads only its rows of each
 micro-step, so any dp size and accumulation count sees exactly the batch one process would, and the
-loader's position is just the step counter (saved and restored with the checkpoint).
+loader needs no state of its own: the step it is asked for (saved with the Trainer's state) is its position.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nanodist.datasets import data_dir
+from nanodist.data import data_dir
 
 SPLIT_SEED = {"train": 0, "val": 1}
 
@@ -37,7 +37,7 @@ class BatchLayout:
 
 
 class TokenLoader:
-    """Yields this rank's (inputs, targets) micro-batches, step after step; resumable by step."""
+    """This rank's (inputs, targets) micro-batches of any step: its position is the Trainer's step alone."""
 
     def __init__(self, data_cfg, split: str, seq_len: int, layout: BatchLayout, seed: int, vocab_size: int):
         self.split, self.seq_len, self.layout, self.seed = split, seq_len, layout, seed
@@ -46,7 +46,6 @@ class TokenLoader:
         self.tokens = None if self.synthetic else np.memmap(data_dir(data_cfg) / f"{split}.bin", dtype=np.uint16, mode="r")
         if self.tokens is not None and len(self.tokens) <= seq_len:
             raise ValueError(f"{split}.bin holds {len(self.tokens)} tokens, too few for sequences of {seq_len}.")
-        self.step = 0
 
     def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's micro-batches of global step `step`, each (inputs, targets) of (micro_batch, seq_len)."""
@@ -65,14 +64,3 @@ class TokenLoader:
                 chunk = torch.from_numpy(np.stack([self.tokens[s : s + t + 1] for s in starts[rows]]).astype(np.int64))
             out.append((chunk[:, :-1], chunk[:, 1:]))
         return out
-
-    def next(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        batches = self.micro_batches(self.step)
-        self.step += 1
-        return batches
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])

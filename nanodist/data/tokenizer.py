@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Protocol
+from typing import Optional
 
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
@@ -11,14 +11,6 @@ from tiktoken_ext.openai_public import r50k_pat_str
 
 EOT_TOKEN = "<|endoftext|>"
 GPT2_EOT_ID = 50256
-
-
-class Tokenizer(Protocol):
-    vocab_size: int
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
 
 
 class GPT2Tokenizer:
@@ -71,3 +63,12 @@ def _mirrored_ranks_file() -> Optional[str]:
     mirror = os.environ.get("NANODIST_DATA_MIRROR")
     path = os.path.join(mirror, "gpt2", "gpt2.tiktoken") if mirror else None
     return path if path and os.path.exists(path) else None
+
+
+def tokenizer_for(meta: dict, tokenizer_file: Optional[str] = None):
+    """The tokenizer a dataset's (or checkpoint's) meta describes; None for synthetic tokens."""
+    if meta["tokenizer"] == "char":
+        return CharTokenizer(meta["chars"])
+    if meta["tokenizer"] == "gpt2":
+        return GPT2Tokenizer(tokenizer_file)
+    return None

@@ -8,7 +8,6 @@ starts the mesh's ranks itself with torch's elastic launcher, as `torchrun --sta
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -22,8 +21,12 @@ from omegaconf.errors import InterpolationResolutionError
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
 from nanodist.config import validate, validate_vocab
-from nanodist.datasets import data_dir, ensure_prepared, read_meta
-from nanodist.distributed import RankInfo, rank_info
+from nanodist.data import prepare_once
+from nanodist.launch.preemption import Preemption
+from nanodist.launch.slurm import join_slurm_job
+from nanodist.parallel.process_group import RankInfo, rank_info
+from nanodist.tools.dryrun import dry_run
+from nanodist.train.checkpoint import check_resume_from
 
 log = logging.getLogger("nanodist")
 
@@ -46,11 +49,11 @@ def start(cfg: DictConfig) -> Optional[dict]:
     world_size = join_slurm_job() or external_world_size()
     default_logger_group(cfg)
     validate(cfg, world_size)
+    if cfg.checkpoint.resume_from:
+        check_resume_from(cfg.checkpoint.resume_from, cfg.model)
     if cfg.dry_run:
-        from nanodist.dryrun import dry_run
-
         return dry_run(OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True)))
-    validate_vocab(cfg, prepare_data(cfg.data)["vocab_size"])
+    validate_vocab(cfg, prepare_once(cfg.data, log=print)["vocab_size"])
     run_cfg = OmegaConf.to_yaml(cfg, resolve=True)  # workers cannot resolve Hydra's interpolations
     if world_size is not None:
         return worker(run_cfg, rank_info())
@@ -65,9 +68,10 @@ def start(cfg: DictConfig) -> Optional[dict]:
 @record  # writes a failing rank's error where elastic_launch finds it, for `describe_error`
 def worker(run_cfg: str, rank: Optional[RankInfo] = None) -> dict:
     """One rank's whole life; importable, so elastic launch and submitit can start it."""
-    from nanodist.train import run
+    from nanodist.train.run import run  # imported in the rank: the launching process need not load the trainer
 
-    return run(OmegaConf.create(run_cfg), rank or rank_info())
+    callbacks = [p for p in [Preemption.install()] if p is not None]
+    return run(OmegaConf.create(run_cfg), rank or rank_info(), callbacks)
 
 
 def local_launch_config(nproc: int, max_restarts: int, **options):
@@ -83,7 +87,7 @@ def local_launch_config(nproc: int, max_restarts: int, **options):
 
     from torch.distributed.launcher.api import LaunchConfig
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(["nanodist.train"])
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["nanodist.train.run"])
     return LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -117,40 +121,6 @@ def spawn_local(run_cfg: str, nproc: int, max_restarts: int) -> dict:
 def external_world_size() -> Optional[int]:
     """Processes already started by torchrun (or exported from SLURM), or None for a local launch."""
     return int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ and "RANK" in os.environ else None
-
-
-def join_slurm_job() -> Optional[int]:
-    """Inside a multi-task SLURM job, export torch's rendezvous variables from SLURM's; returns the world size."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "RANK" in os.environ:
-        return None
-    import submitit
-
-    env = submitit.helpers.TorchDistributedEnvironment()
-    # The first node's hostname is the rendezvous address; where it does not resolve (the
-    # one-machine test cluster) NANODIST_MASTER_ADDR replaces it.
-    env.master_addr = os.environ.get("NANODIST_MASTER_ADDR", env.master_addr)
-    if "MASTER_PORT" not in os.environ:
-        # submitit draws the port from 20000-60000, mostly inside Linux's ephemeral range (32768-60999),
-        # where any socket on the first node may hold it: rank 0 then fails with EADDRINUSE and the other
-        # ranks wait out the rendezvous timeout. Below that range, keyed by the job id all tasks share.
-        env.master_port = 20000 + int(os.environ["SLURM_JOB_ID"]) % 12768
-    env.export(set_cuda_visible_devices=False)
-    # One rank per task: its threads get the task's CPUs, not every core of the node (torchrun likewise
-    # sets OMP_NUM_THREADS=1), or the ranks sharing a node oversubscribe it.
-    if "SLURM_CPUS_PER_TASK" in os.environ:
-        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
-    return env.world_size
-
-
-def prepare_data(data_cfg) -> dict:
-    """Prepare the dataset once and return its meta; a file lock makes concurrent ranks (torchrun, SLURM) wait for the first."""
-    if data_cfg.name == "synthetic":
-        return read_meta(data_cfg)
-    out = data_dir(data_cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".prepare.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return ensure_prepared(data_cfg, log=print)
 
 
 def default_logger_group(cfg: DictConfig) -> None:

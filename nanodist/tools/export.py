@@ -1,13 +1,13 @@
 """Export a checkpoint to a Hugging Face GPT-2 directory (config.json + model.safetensors), and read one back.
 
-    python -m nanodist.export checkpoint=PATH out=DIR
+    python -m nanodist.tools.export checkpoint=PATH out=DIR
 
 Our GPT and transformers' GPT2LMHeadModel share parameter names, GELU (tanh), LayerNorm eps and
 attention scaling; two layouts differ:
 - our c_attn rows are head-major, (head, q|k|v, head_dim), so TP hands each rank whole heads;
   HF's are (q|k|v, head, head_dim);
 - HF's projections are Conv1D modules, whose weights are stored transposed, (in, out).
-The export also writes nanodist_tokenizer.json, so that `nanodist.sample` can decode from it.
+The export also writes nanodist_tokenizer.json, so that `nanodist.tools.sample` can decode from it.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from nanodist.checkpoint import load_model
+from nanodist.data.tokenizer import GPT2_EOT_ID
 from nanodist.model import GPT, GPTConfig
+from nanodist.tools.cli import parse_key_values
+from nanodist.train.checkpoint import load_model
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 TOKENIZER_FILE = "nanodist_tokenizer.json"
-GPT2_EOT_ID = 50256
 
 
 def is_export(path: Path) -> bool:
@@ -117,8 +118,6 @@ def load_hf(path: Path) -> tuple[GPT, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from nanodist.sample import parse_key_values  # imported here: nanodist.sample imports this module
-
     args = parse_key_values(sys.argv[1:] if argv is None else argv, {"checkpoint": str, "out": str})
     model, meta = load_model(Path(args["checkpoint"]))
     out = export_hf(model, Path(args["out"]), meta.get("tokenizer"))

@@ -13,14 +13,25 @@ from typing import Iterable, Optional
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from nanodist.train.callbacks import Callback
 
-class StepProfiler:
+
+class StepProfiler(Callback):
     """Starts a profiler for the steps in `steps` and writes each one's trace into `out_dir`."""
 
     def __init__(self, steps: Iterable[int], out_dir: Path, device: torch.device):
         self.steps, self.out_dir, self.device = set(steps), Path(out_dir), device
         self.active: Optional[profile] = None
         self.step = -1
+
+    def on_step_start(self, trainer, step: int) -> None:
+        self.start(step)
+
+    def on_step_end(self, trainer, record: dict) -> None:
+        self.stop()
+
+    def on_fit_end(self, trainer, summary: dict) -> None:
+        self.stop()  # a step left by a diverged run
 
     def start(self, step: int) -> None:
         if step not in self.steps:

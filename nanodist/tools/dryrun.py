@@ -30,14 +30,14 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch.distributed.tensor.parallel import loss_parallel
 
-from nanodist.config import ConfigError, validate_vocab
-from nanodist.datasets import is_prepared, read_meta
-from nanodist.metrics import SavedActivations, local_bytes
-from nanodist.model import GPT, GPTConfig, num_params
-from nanodist.parallel import apply_on_meta
+from nanodist.config import ConfigError, pipeline_microbatches, seq_len_of, validate_vocab
+from nanodist.data import GPT2Tokenizer, is_prepared, read_meta
+from nanodist.model import GPT, GPTConfig, cross_entropy, gpt_config, num_params
 from nanodist.parallel.dims import ParallelDims
-from nanodist.tokenizer import GPT2Tokenizer
-from nanodist.train import cross_entropy, gpt_config
+from nanodist.parallel.parallelize import apply_on_meta
+from nanodist.parallel.pp import build_stage_model, split_layers, stage_ids
+from nanodist.parallel.tensors import local_bytes, unique_parameters
+from nanodist.train.meters import SavedActivations
 
 # AdamW keeps a scalar float32 `step` tensor per parameter next to its two moment buffers.
 ADAM_STEP_BYTES = 4
@@ -89,7 +89,7 @@ def vocab_size(cfg) -> int:
 def micro_batch(cfg, dims: ParallelDims) -> int:
     """Sequences in one forward on one rank: per dp rank and accumulation step, per pipeline microbatch."""
     rows = cfg.train.batch_size // (dims.dp * cfg.train.grad_accum)
-    return rows // cfg.parallel.pp.n_microbatches if cfg.parallel.pipeline else rows
+    return rows // pipeline_microbatches(cfg, dims.dp) if cfg.parallel.pipeline else rows
 
 
 @contextlib.contextmanager
@@ -110,7 +110,7 @@ def fake_process_group(rank: int, world_size: int):
 def estimate_pp_rank(cfg, dims: ParallelDims, mesh, config: GPTConfig, pp_rank: int) -> dict:
     """Build the first rank of pipeline rank `pp_rank` on meta as training would; measure what it holds."""
     stages = build_stages(cfg, dims, mesh, config, pp_rank)
-    params = [q for q in {id(q): q for _, part in stages for q in part.parameters()}.values() if q.requires_grad]
+    params = [q for q in unique_parameters(part for _, part in stages) if q.requires_grad]
     activations = sum(
         stage_activation_bytes(part, cfg, dims, config, first, last) * in_flight(cfg, dims, stage)
         for (stage, part), (first, last) in zip(stages, stage_ends(cfg, dims, stages))
@@ -132,7 +132,6 @@ def build_stages(cfg, dims: ParallelDims, mesh, config: GPTConfig, pp_rank: int)
         with torch.device("meta"):
             model = GPT(config)
         return [(0, apply_on_meta(model, dims, mesh, cfg))]
-    from nanodist.parallel.pp import build_stage_model, split_layers, stage_ids
 
     pc = cfg.parallel.pp
     n_stages = dims.pp * pc.stages_per_rank
@@ -156,7 +155,7 @@ def in_flight(cfg, dims: ParallelDims, stage: int) -> int:
     """
     if not cfg.parallel.pipeline:
         return 1
-    n = cfg.parallel.pp.n_microbatches
+    n = pipeline_microbatches(cfg, dims.dp)
     return min(n, dims.pp - stage) if cfg.parallel.pp.schedule == "1F1B" else n
 
 
@@ -169,7 +168,7 @@ def stage_activation_bytes(part: GPT, cfg, dims: ParallelDims, config: GPTConfig
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     t, p = cfg.train, cfg.parallel
-    rows, seq = micro_batch(cfg, dims), t.seq_len or config.block_size
+    rows, seq = micro_batch(cfg, dims), seq_len_of(cfg)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
     with FakeTensorMode(allow_non_fake_inputs=True):  # to_empty reads the meta parameters
         part.to_empty(device="cpu")
@@ -195,7 +194,7 @@ def format_report(report: dict, cfg, config: GPTConfig) -> str:
         f"(pp {m['pp']} x dp_replicate {m['dp_replicate']} x dp_shard {m['dp_shard']} x tp {m['tp']}), "
         f"model={report['model']} {report['params'] / 1e6:.0f}M params "
         f"({config.n_layer}L/{config.n_head}H/{config.n_embd}d, vocab {config.vocab_size})",
-        f"per rank: micro-batch of {report['micro_batch']} x {cfg.train.seq_len or config.block_size} tokens, "
+        f"per rank: micro-batch of {report['micro_batch']} x {seq_len_of(cfg)} tokens, "
         f"dtype {cfg.train.dtype}, activation checkpointing {cfg.train.activation_checkpointing}; plan is valid",
         f"{'rank':>6} {'stages':>8} {'params':>10} {'grads':>10} {'optim':>10} {'activations':>12} {'total':>10}  (GiB)",
     ]

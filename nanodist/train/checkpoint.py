@@ -11,7 +11,7 @@ On disk, in <output_dir>/checkpoints/:
     step_0000100/         complete: renamed from .tmp by rank 0 once every rank's files are in
       .metadata, *.distcp   DCP: "model.<name>" and "optim.<name>.<exp_avg|exp_avg_sq|step>"
       rng_rank<r>.pt        rank r's RNG states (restored only under the same layout)
-      meta.json             written last: step, loader position, model shape, tokenizer, file sizes
+      meta.json             written last: step, the Trainer's state, model shape, tokenizer, file sizes
 
 The learning rate is a function of the step, so the step is all the schedule needs.
 """
@@ -38,6 +38,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 
 from nanodist.config import ConfigError
 from nanodist.model import GPT, GPTConfig
+from nanodist.train.rng import rng_state, set_rng_state
 
 log = logging.getLogger("nanodist")
 # A single process saves and loads without a process group (no_dist) on purpose; DCP warns each time.
@@ -47,9 +48,6 @@ META = "meta.json"
 STEP_DIR = re.compile(r"step_(\d+)")
 # The fields of GPTConfig that decide tensor shapes (dropout does not).
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "tie_embeddings")
-# Wrappers (torch.compile, activation checkpointing) insert these into parameter names; DCP's
-# model state dict leaves them out, and so must the optimizer's.
-WRAPPER_PREFIXES = ("_orig_mod.", "_checkpoint_wrapped_module.")
 
 
 class CheckpointError(ConfigError):
@@ -72,7 +70,7 @@ def checkpoint_dirs(path: Path) -> list[Path]:
     return sorted(found, key=lambda d: int(STEP_DIR.fullmatch(d.name).group(1)), reverse=True)
 
 
-def read_meta(path: Path) -> dict:
+def read_checkpoint_meta(path: Path) -> dict:
     return json.loads((Path(path) / META).read_text())
 
 
@@ -83,7 +81,7 @@ def problem(path: Path) -> Optional[str]:
     caught here without reading any tensor. Damage that keeps sizes is caught when DCP reads it.
     """
     try:
-        meta = read_meta(path)
+        meta = read_checkpoint_meta(path)
     except (OSError, ValueError):
         return f"its {META} is missing or unreadable"
     for name, size in meta["files"].items():
@@ -127,7 +125,7 @@ def check_resume_from(path: str, model_cfg) -> None:
     if not usable:
         raise CheckpointError(f"checkpoint.resume_from={path} holds no complete checkpoint; point it at a step_N dir or a run dir.")
     wanted = {k: model_cfg[k] for k in SHAPE_FIELDS if k != "vocab_size"}
-    check_shape(usable[0], read_meta(usable[0])["model"], wanted)
+    check_shape(usable[0], read_checkpoint_meta(usable[0])["model"], wanted)
 
 
 def param_names(parts: list[nn.Module]) -> dict[nn.Parameter, str]:
@@ -135,8 +133,6 @@ def param_names(parts: list[nn.Module]) -> dict[nn.Parameter, str]:
     names = {}
     for part in parts:
         for name, param in part.named_parameters():
-            for prefix in WRAPPER_PREFIXES:
-                name = name.replace(prefix, "")
             names[param] = name
     return names
 
@@ -171,19 +167,6 @@ def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
     for group, lr in zip(optimizer.param_groups, lrs):
         group["lr"] = lr
-
-
-def rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class Checkpointer:
@@ -226,21 +209,23 @@ class Checkpointer:
 
     # ---- saving ----
 
-    def maybe_save(self, step: int, loader_state: dict, final: bool = False) -> None:
-        """Save after `step` steps when the interval says so, or at the end of the run."""
+    def maybe_save(self, step: int, trainer_state: dict, final: bool = False) -> Optional[Path]:
+        """Save after `step` steps when the interval says so, or at the end of the run; the dir, if saved."""
         if self.interval is None:
-            return
+            return None
         due = final or (self.interval > 0 and step % self.interval == 0)
         if due and step_dir(self.root, step) != self.latest:
-            self.save(step, loader_state)
+            self.save(step, trainer_state)
+            return self.latest
+        return None
 
-    def save(self, step: int, loader_state: dict) -> None:
+    def save(self, step: int, trainer_state: dict) -> None:
         """Write into step_N.tmp/; rank 0 renames it to step_N/ once DCP reports every rank's files written."""
         self.wait()  # one checkpoint in flight at a time
         tmp = step_dir(self.root, step).with_suffix(".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(self.device), tmp / f"rng_rank{self.rank}.pt")
-        meta = {"step": step, "loader": loader_state, **self.info, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        meta = {"step": step, "trainer": trainer_state, **self.info, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         state = self._state([get_model_state_dict(part) for part in self.parts])
         start = time.perf_counter()
         if self.async_save:
@@ -294,7 +279,7 @@ class Checkpointer:
         candidates = self._candidates(resume_from)
         for path, reason in candidates:
             if reason is None:
-                meta = read_meta(path)
+                meta = read_checkpoint_meta(path)
                 check_shape(path, meta["model"], self.info["model"])
                 reason = self._load(path, meta)
             if reason is None:
@@ -354,7 +339,7 @@ def load_model(path: Path) -> tuple[GPT, dict]:
     if not found:
         raise CheckpointError(f"{path} holds no checkpoint.")
     path = found[0]
-    meta = read_meta(path)
+    meta = read_checkpoint_meta(path)
     model = GPT(GPTConfig(**meta["model"]))
     state = model.state_dict()
     dcp.load({"model": state}, checkpoint_id=path, no_dist=True)

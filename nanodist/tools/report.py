@@ -1,10 +1,10 @@
 """A sweep's report: one markdown table and three plots comparing its jobs.
 
-    python -m nanodist.report outputs/multirun/strategy_grid/<date_time>
+    python -m nanodist.tools.report outputs/multirun/strategy_grid/<date_time>
 
 writes report.md, loss.png, throughput.png and memory.png into the sweep dir. Every job dir of a
 Hydra sweep holds .hydra/config.yaml; a finished job adds summary.json and metrics.jsonl, a
-failed one a summary.json with its error (see nanodist.launcher), and one that left no summary
+failed one a summary.json with its error (see nanodist.launch.local), and one that left no summary
 (killed, or still running) is listed as such, so no job silently drops out of the comparison.
 """
 

@@ -8,6 +8,7 @@ the dataset's public URL.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import urllib.request
@@ -16,9 +17,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from nanodist.tokenizer import GPT2_EOT_ID, CharTokenizer, GPT2Tokenizer
+from nanodist.data.tokenizer import EOT_TOKEN, GPT2_EOT_ID, CharTokenizer, GPT2Tokenizer
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSTORIES_URLS = {
     "train": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",
@@ -58,6 +59,20 @@ def ensure_prepared(data_cfg, log: Callable[[str], None] = print) -> dict:
         log(f"preparing data={data_cfg.name} into {data_dir(data_cfg)}")
         PREPARERS[data_cfg.name](data_cfg)
     return read_meta(data_cfg)
+
+
+def prepare_once(data_cfg, log: Callable[[str], None] = print, force: bool = False) -> dict:
+    """`ensure_prepared` (or, with `force`, a fresh preparation) under a file lock in the data dir, so
+    that processes starting together (torchrun or SLURM ranks, a prepare script) prepare it once."""
+    if data_cfg.name == "synthetic":
+        return read_meta(data_cfg)
+    out = data_dir(data_cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if force:
+            (out / "meta.json").unlink(missing_ok=True)
+        return ensure_prepared(data_cfg, log=log)
 
 
 def locate_source(name: str, relative: str, explicit: Optional[str], url: Optional[str], max_bytes: Optional[int]) -> bytes:
@@ -122,7 +137,7 @@ def prepare_tinystories(data_cfg) -> None:
     for split, url in TINYSTORIES_URLS.items():
         source = data_cfg.source and os.path.join(data_cfg.source, Path(url).name)
         raw = locate_source("tinystories", f"tinystories/{Path(url).name}", source, url, data_cfg.max_bytes)
-        stories = [s.strip() for s in raw.decode(errors="ignore").split(EOT_SEPARATOR) if s.strip()]
+        stories = [s.strip() for s in raw.decode(errors="ignore").split(EOT_TOKEN) if s.strip()]
         write_split(out, split, _join_documents(tokenizer.encode_batch(stories)))
     write_meta(out, vocab_size=tokenizer.vocab_size, tokenizer="gpt2")
 
@@ -159,8 +174,6 @@ def prepare_openwebtext(data_cfg) -> None:
     write_split(out, "val", _join_documents(tokenizer.encode_batch(documents[split:] or documents[-1:])))
     write_meta(out, vocab_size=tokenizer.vocab_size, tokenizer="gpt2")
 
-
-EOT_SEPARATOR = "<|endoftext|>"
 
 
 def _join_documents(token_lists: list[list[int]]) -> np.ndarray:

@@ -3,7 +3,7 @@
 Two choices serve the parallel strategies:
 - The fused QKV projection `c_attn` stores its output rows head-major, (head, q|k|v, head_dim),
   as Megatron does, so a plain column-wise split over the tensor-parallel mesh hands each rank
-  whole heads. Export (`nanodist.export`) permutes the rows back to Hugging Face's q|k|v order.
+  whole heads. Export (`nanodist.tools.export`) permutes the rows back to Hugging Face's q|k|v order.
 - Every top-level piece (embeddings, blocks, final norm, head) may be absent, so a pipeline stage is
   the same class with the pieces it does not own deleted, and keeps the full model's parameter names.
 
@@ -135,18 +135,6 @@ class GPT(nn.Module):
                 values = lambda shape, gen: torch.zeros(shape)  # noqa: E731
             gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
             _copy_into_local_shard(param, values(param.shape, gen))
-
-
-def num_params(c: GPTConfig) -> int:
-    """Parameters of the full model without positions (tied weights counted once), nanoGPT's MFU convention."""
-    per_block = 12 * c.n_embd**2 + (13 * c.n_embd if c.bias else 4 * c.n_embd)
-    total = c.n_layer * per_block + c.vocab_size * c.n_embd + 2 * c.n_embd
-    return total if c.tie_embeddings else total + c.vocab_size * c.n_embd
-
-
-def flops_per_token(c: GPTConfig, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H Q T."""
-    return 6 * num_params(c) + 12 * c.n_layer * c.n_head * c.head_dim * seq_len
 
 
 def _copy_into_local_shard(param: torch.Tensor, full: torch.Tensor) -> None:

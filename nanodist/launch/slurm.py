@@ -1,14 +1,13 @@
 """SLURM: the checks of a sweep before anything is submitted, and preemption inside a running job.
 
 Jobs reach SLURM through hydra-submitit-launcher (`hydra/launcher=slurm`); every SLURM task is one
-rank and joins the others through `nanodist.launcher.join_slurm_job`. Two things need SLURM's view:
+rank and joins the others through `nanodist.launch.local.join_slurm_job`. Two things need SLURM's view:
 
 - Before submission, `check_submission` refuses a job whose tasks (nodes x tasks_per_node) do not
   match its mesh, or a partition the cluster does not have: a queued job that fails minutes
   later, on a busy cluster hours later, is the expensive way to learn of a typo.
-- While a job runs, `Preemption` turns SLURM's warning signal before its time limit into a
-  checkpoint at a step boundary followed by submitit's requeue; the requeued job runs the whole
-  Hydra job again in the same run dir and resumes from that checkpoint.
+- While a job runs, `nanodist.launch.preemption` turns SLURM's warning signal before its time
+  limit into a checkpoint at a step boundary followed by submitit's requeue.
 """
 
 from __future__ import annotations
@@ -16,12 +15,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import subprocess
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from nanodist.config import ConfigError, resolved_mesh, validate
 
@@ -90,49 +87,24 @@ def cluster_partitions() -> tuple[list[str], Optional[str]]:
     return [name.rstrip("*") for name in listed], default
 
 
-class Preemption:
-    """SLURM's warning signal before the time limit, answered by a checkpoint and then a requeue.
+def join_slurm_job() -> Optional[int]:
+    """Inside a multi-task SLURM job, export torch's rendezvous variables from SLURM's; returns the world size."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "RANK" in os.environ:
+        return None
+    import submitit
 
-    submitit's handler, left alone, requeues the job the moment the signal arrives, mid-step, so
-    everything since the last periodic checkpoint would be trained again. Here the signal only
-    raises a flag; at each step boundary the ranks agree on it (a one-element all-reduce on a gloo
-    group of their own), save a checkpoint together, and only then run submitit's handler: global
-    rank 0 requeues the job and exits, the other ranks exit with it.
-    """
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.submitit_handler = signal.getsignal(signum)
-        self.flagged = False
-        distributed = dist.is_available() and dist.is_initialized()
-        self.group = dist.new_group(backend="gloo") if distributed else None
-        signal.signal(signum, self._flag)
-
-    @classmethod
-    def install(cls) -> Optional["Preemption"]:
-        """A Preemption inside a submitit SLURM job; None elsewhere (no one sends the signal)."""
-        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-            return None
-        from submitit import JobEnvironment
-
-        return cls(JobEnvironment._usr_sig())
-
-    def _flag(self, signum, frame) -> None:
-        self.flagged = True
-
-    def requested(self) -> bool:
-        """Whether any rank has been signalled; every rank must ask at the same step."""
-        if self.group is None:
-            return self.flagged
-        flag = torch.tensor([int(self.flagged)])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
-        return bool(flag.item())
-
-    def requeue(self) -> None:
-        """After the checkpoint: submitit's own handler requeues (global rank 0) and the job ends here."""
-        self.submitit_handler(self.signum, None)
-        raise SystemExit(-1)  # ranks other than 0 (submitit's handler returns for them)
-
-    def close(self) -> None:
-        """Give the signal back to submitit once the loop is over: a late signal has nothing left to save."""
-        signal.signal(self.signum, self.submitit_handler)
+    env = submitit.helpers.TorchDistributedEnvironment()
+    # The first node's hostname is the rendezvous address; where it does not resolve (the
+    # one-machine test cluster) NANODIST_MASTER_ADDR replaces it.
+    env.master_addr = os.environ.get("NANODIST_MASTER_ADDR", env.master_addr)
+    if "MASTER_PORT" not in os.environ:
+        # submitit draws the port from 20000-60000, mostly inside Linux's ephemeral range (32768-60999),
+        # where any socket on the first node may hold it: rank 0 then fails with EADDRINUSE and the other
+        # ranks wait out the rendezvous timeout. Below that range, keyed by the job id all tasks share.
+        env.master_port = 20000 + int(os.environ["SLURM_JOB_ID"]) % 12768
+    env.export(set_cuda_visible_devices=False)
+    # One rank per task: its threads get the task's CPUs, not every core of the node (torchrun likewise
+    # sets OMP_NUM_THREADS=1), or the ranks sharing a node oversubscribe it.
+    if "SLURM_CPUS_PER_TASK" in os.environ:
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    return env.world_size
