@@ -1,14 +1,14 @@
 """The speed and memory levers, measured through the product (issue 9): torch.compile and activation checkpointing.
 
-- compile: whole runs alternate train.compile=false and true (E C C E ...). Each run's figure is
-  its median step's process CPU time (`common.StepClock`): with one intra-op thread it is the work
-  of a step, which other tenants of a shared machine do not inflate; wall figures are printed
-  beside it. Compilation happens in the warm-up steps, before the timed window; its cost is
-  printed separately (the run's wall time outside the window): the first compiled run compiles
-  cold (the script starts with an empty inductor cache), later ones reuse the cache.
-- activation checkpointing: one run each of train.activation_checkpointing=none, full and
-  selective (every `train.ac_every`-th block); activation bytes = distinct storages autograd saves
-  for backward in one step (`common.ActivationProbe`), beside the trainer's own figure and the step time.
+- compile: whole runs (`nanodist.launch.local.launch`) alternate train.compile=false and true
+  (E C C E ...). Each run's figure is its median step's process CPU time (`common.Probe`): with one
+  intra-op thread it is the work of a step, which other tenants of a shared machine do not inflate;
+  wall figures are printed beside it. Compilation happens in the warm-up steps, before the timed
+  window; its cost is printed separately (the run's wall time outside the window): the first
+  compiled run compiles cold (the script starts with an empty inductor cache), later ones reuse it.
+- activation checkpointing: one run each of train.activation_checkpointing=none, full and selective
+  (every `train.ac_every`-th block); activation bytes = the trainer's own meter (`SavedActivations`,
+  the most bytes autograd holds for backward at once), beside the step time.
 
     python benchmarks/levers.py                       # CPU, the default model (tiny, shakespeare_char)
     python benchmarks/levers.py data=shakespeare      # GPT-2's BPE vocabulary: the loss is a bigger share
@@ -31,40 +31,30 @@ from pathlib import Path
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="nanodist-levers-inductor-"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, compose, fmt_bytes, machine, read_run, run_probed, save_json  # noqa: E402
+from common import RESULTS, alternate, compose, fmt_bytes, run, tokens_per_step, write_results  # noqa: E402
 
 
-def timed_run(overrides: list[str], steps: int, warmup: int, work: Path, activations: bool = False) -> dict:
-    """One harness run: its probe figures, the trainer's summary, and the wall time spent outside the timed window."""
-    total = warmup + steps
-    probe = {"first": warmup - 1, "last": total - 1, "sync_cuda": False}
-    if activations:
-        probe["activations"] = [warmup]
+def timed_run(overrides: list[str], args, work: Path) -> dict:
+    """One run: rank 0's step figures, its activation peak and final loss, and the wall time outside the timed window."""
     start = time.perf_counter()
-    [seen] = run_probed([*overrides, f"train.max_steps={total}"], work, probe, quiet=True)
-    wall = time.perf_counter() - start
-    summary, _ = read_run(work / "run")
-    seen["outside_window_s"] = wall - seen["wall_mean"] * steps
+    summary, [seen] = run(overrides, work, args.steps, args.warmup)
+    seen["outside_window_s"] = time.perf_counter() - start - seen["wall_mean"] * args.steps
     seen["final_loss"] = summary.get("final_loss")
-    seen["trainer_activation_bytes"] = summary.get("activation_bytes")
     return seen
 
 
 def compare_compile(overrides: list[str], args, work: Path, tokens: int) -> dict:
     runs: dict[str, list[dict]] = {"eager": [], "compiled": []}
-    order = []
-    for r in range(args.repeats):
-        order += ["eager", "compiled"] if r % 2 == 0 else ["compiled", "eager"]
+    order = [kind for r in range(args.repeats) for kind in alternate(r, "eager", "compiled")]
     for i, kind in enumerate(order):
-        seen = timed_run([*overrides, f"train.compile={kind == 'compiled'}"], args.steps, args.warmup, work / f"compile{i}")
+        seen = timed_run([*overrides, f"train.compile={kind == 'compiled'}"], args, work / f"compile{i}")
         runs[kind].append(seen)
         print(f"  run {i}: {kind:9s} CPU {1e3 * seen['cpu_median']:8.2f} ms/step | wall {1e3 * seen['wall_median']:8.2f} ms/step "
               f"{tokens / seen['wall_median']:9,.0f} tok/s | warm-up + compile {seen['outside_window_s']:5.1f} s | "
               f"final loss {seen['final_loss']:.4f}")
     cpu = {k: statistics.median(s["cpu_median"] for s in v) for k, v in runs.items()}
     wall = {k: statistics.median(s["wall_median"] for s in v) for k, v in runs.items()}
-    eager_warmup = statistics.median(s["outside_window_s"] for s in runs["eager"])
-    cold = runs["compiled"][0]["outside_window_s"] - eager_warmup
+    cold = runs["compiled"][0]["outside_window_s"] - statistics.median(s["outside_window_s"] for s in runs["eager"])
     speedup, wall_speedup = cpu["eager"] / cpu["compiled"], wall["eager"] / wall["compiled"]
     print(f"compile speedup: {speedup:.3f}x by CPU time per step ({1e3 * cpu['eager']:.2f} -> {1e3 * cpu['compiled']:.2f} ms), "
           f"{wall_speedup:.3f}x by wall time; compiling costs {cold:.1f} s once (cold cache)")
@@ -72,14 +62,11 @@ def compare_compile(overrides: list[str], args, work: Path, tokens: int) -> dict
             "speedup_cpu": speedup, "speedup_wall": wall_speedup, "cold_compile_s": cold}
 
 
-def compare_ac(overrides: list[str], args, work: Path, tokens: int) -> dict:
+def compare_ac(overrides: list[str], args, work: Path) -> dict:
     results = {}
     for mode in ("none", "full", "selective"):
-        seen = timed_run([*overrides, f"train.activation_checkpointing={mode}"], args.steps, args.warmup, work / f"ac_{mode}",
-                         activations=True)
-        results[mode] = seen
-        print(f"  {mode:9s} activations/step {fmt_bytes(seen['activation_bytes']):>10s} (trainer: "
-              f"{fmt_bytes(seen['trainer_activation_bytes'])}) | CPU {1e3 * seen['cpu_median']:8.2f} ms/step | "
+        results[mode] = seen = timed_run([*overrides, f"train.activation_checkpointing={mode}"], args, work / f"ac_{mode}")
+        print(f"  {mode:9s} activations/step {fmt_bytes(seen['activation_bytes']):>10s} | CPU {1e3 * seen['cpu_median']:8.2f} ms/step | "
               f"final loss {seen['final_loss']:.4f}")
     base = results["none"]
     for mode in ("full", "selective"):
@@ -101,26 +88,20 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="where to write the figures (default benchmarks/results/levers_<device>.json)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. data=shakespeare")
     args = ap.parse_args()
-
     work = Path(tempfile.mkdtemp(prefix="nanodist-levers-"))
-    overrides = [f"train.device={args.device}", "train.eval_interval=0", "train.sample_tokens=0", "train.log_interval=5",
-                 *args.overrides]
+    overrides = [f"train.device={args.device}", "train.log_interval=5", *args.overrides]
     cfg = compose(overrides, str(work / "cfg"))
-    seq_len = cfg.train.seq_len or cfg.model.block_size
-    tokens = cfg.train.batch_size * seq_len
-    print(f"model={cfg.model.name} data={cfg.data.name} batch={cfg.train.batch_size}x{seq_len} dtype={cfg.train.dtype} "
-          f"device={args.device} | {args.steps} timed steps per run (+{args.warmup} warm-up)")
-    out = {"benchmark": "levers", "machine": machine(), "overrides": overrides, "tokens_per_step": tokens,
-           "steps": args.steps, "warmup": args.warmup}
+    tokens = tokens_per_step(cfg)
+    print(f"model={cfg.model.name} data={cfg.data.name} batch={cfg.train.batch_size}x{tokens // cfg.train.batch_size} "
+          f"dtype={cfg.train.dtype} device={args.device} | {args.steps} timed steps per run (+{args.warmup} warm-up)")
+    out = {"benchmark": "levers", "overrides": overrides, "tokens_per_step": tokens, "steps": args.steps, "warmup": args.warmup}
     if args.only in (None, "compile"):
         print("torch.compile per block and of the loss (train.compile):")
         out["compile"] = compare_compile(overrides, args, work, tokens)
     if args.only in (None, "ac"):
         print("activation checkpointing (train.activation_checkpointing):")
-        out["activation_checkpointing"] = compare_ac(overrides, args, work, tokens)
-    path = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"levers_{args.device}.json"
-    save_json(path, out)
-    print(f"wrote {path}")
+        out["activation_checkpointing"] = compare_ac(overrides, args, work)
+    write_results(Path(args.json) if args.json else RESULTS / f"levers_{args.device}.json", out)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import NANO, launch, read_summary
-from nanodist.train.checkpoint import Checkpointer, CheckpointError, checkpoint_dirs, load_model, problem
+
 from nanodist.config import OptimConfig
-from nanodist.train.metrics import drop_steps_from
 from nanodist.model import GPT, GPTConfig
+from nanodist.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    checkpoint_dirs,
+    load_model,
+    problem,
+)
+from nanodist.train.metrics import drop_steps_from
 from nanodist.train.optim import build_optimizer
+from nanodist.train.state import TrainState
 
 # Dropout on, so that resuming exactly also needs the RNG state back.
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=64, dropout=0.1)
@@ -174,7 +181,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert result.returncode == 1
     [line] = [line for line in result.stdout.splitlines() if "the loss is nan" in line]
     assert line.startswith("step 2:") and "stopped" in line and "step_0000001" in line
-    assert read_summary(tmp_path)["status"] == "diverged"
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "diverged" and summary["steps"] == 1
+    assert summary["tokens_seen"] == 1 * 4 * 32  # the one step done (batch 4 x nano's 32 tokens), not max_steps
     [good] = checkpoint_dirs(tmp_path)
     assert good.name == "step_0000001" and problem(good) is None
     model, _ = load_model(good)
@@ -185,6 +194,28 @@ def test_nan_loss_skips_the_update_when_asked(tmp_path):
     launch(tmp_path, *RUN, "optim.lr=1e20", "optim.warmup_steps=0", "train.nan_policy=skip")
     summary = read_summary(tmp_path)
     assert summary["status"] == "completed" and summary["skipped_steps"] == 5 and math.isnan(summary["final_loss"])
+
+
+def test_a_resumed_run_reports_the_totals_of_the_whole_run(tmp_path):
+    """Skipped steps, tokens and steps come back with the checkpoint, so the resumed summary covers all."""
+    overrides = [*RUN, "optim.lr=1e20", "optim.warmup_steps=0", "train.nan_policy=skip", "checkpoint.keep_last=0"]
+    launch(tmp_path / "whole", *overrides)
+    launch(tmp_path / "resumed", *overrides, f"checkpoint.resume_from={tmp_path / 'whole' / 'checkpoints' / 'step_0000003'}")
+    whole, resumed = read_summary(tmp_path / "whole"), read_summary(tmp_path / "resumed")
+    assert whole["skipped_steps"] == 5
+    for key in ("skipped_steps", "tokens_seen", "steps"):
+        assert resumed[key] == whole[key], key
+
+
+def test_the_trainer_state_travels_in_the_checkpoint(tmp_path):
+    model, optimizer, ckpt = trainer(tmp_path)
+    train_steps(model, optimizer, range(3))
+    saved = TrainState(step=3, loss=2.5, val_loss=2.75, best_val_loss=2.625, skipped_steps=1, tokens_seen=384,
+                       timed_steps=2, timed_seconds=0.5, wall_time_s=7.0)
+    ckpt.save(3, saved.state_dict())
+    restored = TrainState()
+    restored.load_state_dict(trainer(tmp_path)[2].resume()["trainer"])
+    assert restored == saved
 
 
 def test_resume_from_another_model_is_refused_before_training(tmp_path):

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import NANO, ROOT, launch, read_metrics, read_summary, subprocess_env
 
 STEPS, EVERY = 12, 4

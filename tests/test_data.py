@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SHARED_DATA
 from omegaconf import OmegaConf
 
-from conftest import SHARED_DATA
-from nanodist.train.loader import BatchLayout, TokenLoader
 from nanodist.data.tokenizer import CharTokenizer, GPT2Tokenizer
+from nanodist.train.loader import BatchLayout, TokenLoader
 
 SYNTHETIC = OmegaConf.create({"name": "synthetic", "dir": "unused"})
 

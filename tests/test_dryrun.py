@@ -10,8 +10,8 @@ import json
 import time
 
 import pytest
-
 from conftest import ROOT, launch, read_summary
+
 from nanodist.config import register_configs
 
 # Real data (not synthetic): the loader then holds just this rank's rows, as the dry run assumes.

@@ -7,12 +7,12 @@ import string
 import pytest
 import torch
 
-from nanodist.train.checkpoint import Checkpointer, load_model
 from nanodist.config import OptimConfig
-from nanodist.tools.export import main as export_main
 from nanodist.model import GPT, GPTConfig
-from nanodist.train.optim import build_optimizer
+from nanodist.tools.export import main as export_main
 from nanodist.tools.sample import main as sample_main
+from nanodist.train.checkpoint import Checkpointer, load_model
+from nanodist.train.optim import build_optimizer
 
 transformers = pytest.importorskip("transformers")
 

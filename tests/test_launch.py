@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import NANO, ROOT, launch, read_metrics, read_summary, subprocess_env
 
 FSDP2 = [*NANO, "parallel=fsdp", "mesh.dp_shard=2", "train.max_steps=4", "train.log_interval=1",

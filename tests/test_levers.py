@@ -11,13 +11,13 @@ import json
 
 import pytest
 import torch
-
 from conftest import NANO, ROOT, launch, read_metrics
+
 from nanodist.config import ConfigError, register_configs, validate
-from nanodist.train.meters import SavedActivations
 from nanodist.model import GPT, GPTConfig
 from nanodist.parallel.ac import apply_ac
 from nanodist.parallel.compile import apply_compile
+from nanodist.train.meters import SavedActivations
 
 COMMON = [*NANO, "train=smoke", "train.max_steps=3", "train.eval_interval=0", "checkpoint.enabled=false",
           "optim.lr=3e-3", "optim.warmup_steps=1"]

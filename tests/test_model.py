@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -33,14 +34,20 @@ def test_untrained_loss_is_near_uniform():
     assert abs(loss.item() - torch.log(torch.tensor(50.0)).item()) < 0.1
 
 
+# Written down once from this code (torch's CPU generator is stable across releases): any change to
+# the initialisation (per-parameter seeds, stds) or to the forward (attention, GELU, norms) moves them.
+KNOWN_LOGITS = {
+    0: [0.08849921, 0.00465244, -0.00303133, -0.04817931, 0.07843182],
+    3: [-0.06503667, 0.02772173, 0.00539027, 0.14019419, -0.05395991],
+}
+
+
 def test_known_input_gives_known_output():
-    """The same seed and input always give these logits (guards accidental changes to init or forward)."""
+    """A fixed tiny model, seed and input give these literal logits (first and last position)."""
     model = make_model(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=4, vocab_size=5), seed=3)
-    logits = model(torch.tensor([[0, 1, 2, 3]]))
-    again = make_model(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=4, vocab_size=5), seed=3)(torch.tensor([[0, 1, 2, 3]]))
-    assert torch.equal(logits, again)
-    other_seed = make_model(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=4, vocab_size=5), seed=4)(torch.tensor([[0, 1, 2, 3]]))
-    assert not torch.allclose(logits, other_seed)
+    logits = model(torch.tensor([[0, 1, 2, 3]]))[0]
+    for position, expected in KNOWN_LOGITS.items():
+        assert logits[position].tolist() == pytest.approx(expected, abs=1e-7), f"position {position}"
 
 
 def test_attention_is_causal():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch.distributed.pipelining as pipelining
-
 from conftest import NANO, launch, read_metrics
 
 STEPS = 6

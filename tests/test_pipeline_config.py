@@ -7,9 +7,9 @@ cheap); one goes through launch.py to check the user-facing contract: exit code 
 from __future__ import annotations
 
 import pytest
+from conftest import NANO, ROOT, launch
 from hydra import compose, initialize_config_dir
 
-from conftest import NANO, ROOT, launch
 from nanodist.config import PP_SCHEDULES, ConfigError, register_configs, validate
 from nanodist.parallel.pp import split_layers, stage_ids
 

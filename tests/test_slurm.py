@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, multirun, read_summary, subprocess_env
 
 # One SLURM test at a time, even under `pytest -n` (`make soak`): they share the two-node cluster.

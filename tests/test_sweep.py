@@ -4,12 +4,11 @@ and the SLURM launcher's checks that need no cluster (they run before anything i
 from __future__ import annotations
 
 import itertools
-import json
 
 import pytest
+from conftest import ROOT, multirun, read_summary
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, multirun, read_summary
 from nanodist.config import register_configs, spread_ranks, validate
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nanodist.tools.dryrun import fake_process_group
-from nanodist.parallel.tensors import local_bytes
 from nanodist.model import GPT, GPTConfig
 from nanodist.parallel.dims import ParallelDims
+from nanodist.parallel.tensors import local_bytes
 from nanodist.parallel.tp import apply_tp
+from nanodist.tools.dryrun import fake_process_group
 
 CONFIG = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=128)
 

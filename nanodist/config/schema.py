@@ -61,7 +61,7 @@ class DataConfig:
     # Stop preparing after this many bytes of raw text (big corpora); null: all of it.
     max_bytes: Optional[int] = None
     # Synthetic data only: vocabulary size of the random tokens.
-    synthetic_vocab_size: int = 50257
+    synthetic_vocab_size: int = 50304
 
 
 @dataclass

@@ -28,7 +28,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nanodist.config import register_configs
 from nanodist.config.schema import DataConfig
-from nanodist.data.prepare import PROJECT_ROOT, DatasetUnavailable, data_dir, is_prepared, prepare_once
+from nanodist.data.prepare import (
+    PROJECT_ROOT,
+    DatasetUnavailable,
+    data_dir,
+    is_prepared,
+    prepare_once,
+)
 
 CONF_DIR = PROJECT_ROOT / "conf"
 SPLITS = ("train", "val")

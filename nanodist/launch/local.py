@@ -10,41 +10,48 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from nanodist.config import validate, validate_vocab
 from nanodist.data import prepare_once
 from nanodist.launch.preemption import Preemption
 from nanodist.launch.slurm import join_slurm_job
+from nanodist.parallel.dims import ParallelDims
 from nanodist.parallel.process_group import RankInfo, rank_info
 from nanodist.tools.dryrun import dry_run
+from nanodist.train.callbacks import Callback
 from nanodist.train.checkpoint import check_resume_from
+from nanodist.train.run import run
 
 log = logging.getLogger("nanodist")
 
 
-def launch(cfg: DictConfig) -> Optional[dict]:
+def launch(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Optional[dict]:
     """Validate, prepare the data, start or join the ranks; returns rank 0's run summary.
+
+    `callbacks` (picklable: ranks started here get copies) join every rank's Trainer; the
+    benchmarks measure through them.
 
     A run that fails still leaves a summary.json (status "failed" and the error in one line), so
     a sweep's report lists it beside the runs that finished; the error is then raised as before.
     """
     try:
-        return start(cfg)
+        return start(cfg, callbacks)
     except Exception as err:
         record_failure(cfg, err)
         raise
 
 
-def start(cfg: DictConfig) -> Optional[dict]:
+def start(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Optional[dict]:
     """The body of `launch`: validate, prepare the data, then join or start the ranks."""
     world_size = join_slurm_job() or external_world_size()
     default_logger_group(cfg)
@@ -56,22 +63,18 @@ def start(cfg: DictConfig) -> Optional[dict]:
     validate_vocab(cfg, prepare_once(cfg.data, log=print)["vocab_size"])
     run_cfg = OmegaConf.to_yaml(cfg, resolve=True)  # workers cannot resolve Hydra's interpolations
     if world_size is not None:
-        return worker(run_cfg, rank_info())
-    from nanodist.parallel.dims import ParallelDims
-
+        return worker(run_cfg, rank_info(), callbacks)
     nproc = ParallelDims.from_config(cfg).world_size
     if nproc == 1:
-        return worker(run_cfg, RankInfo(0, 0, 1))
-    return spawn_local(run_cfg, nproc, cfg.train.max_restarts)
+        return worker(run_cfg, RankInfo(0, 0, 1), callbacks)
+    return spawn_local(run_cfg, nproc, cfg.train.max_restarts, callbacks)
 
 
 @record  # writes a failing rank's error where elastic_launch finds it, for `describe_error`
-def worker(run_cfg: str, rank: Optional[RankInfo] = None) -> dict:
+def worker(run_cfg: str, rank: Optional[RankInfo] = None, callbacks: Sequence[Callback] = ()) -> dict:
     """One rank's whole life; importable, so elastic launch and submitit can start it."""
-    from nanodist.train.run import run  # imported in the rank: the launching process need not load the trainer
-
-    callbacks = [p for p in [Preemption.install()] if p is not None]
-    return run(OmegaConf.create(run_cfg), rank or rank_info(), callbacks)
+    preemption = Preemption.install()  # inside a SLURM job: checkpoint, then requeue, at its time-limit signal
+    return run(OmegaConf.create(run_cfg), rank or rank_info(), [*callbacks, *([preemption] if preemption else [])])
 
 
 def local_launch_config(nproc: int, max_restarts: int, **options):
@@ -83,10 +86,6 @@ def local_launch_config(nproc: int, max_restarts: int, **options):
     process, so forking it is safe where forking this one (thread pools, the rendezvous store)
     would not be.
     """
-    import multiprocessing
-
-    from torch.distributed.launcher.api import LaunchConfig
-
     multiprocessing.get_context("forkserver").set_forkserver_preload(["nanodist.train.run"])
     return LaunchConfig(
         min_nodes=1,
@@ -102,10 +101,8 @@ def local_launch_config(nproc: int, max_restarts: int, **options):
     )
 
 
-def spawn_local(run_cfg: str, nproc: int, max_restarts: int) -> dict:
+def spawn_local(run_cfg: str, nproc: int, max_restarts: int, callbacks: Sequence[Callback] = ()) -> dict:
     """Start `nproc` ranks on this machine with a c10d rendezvous on a free localhost port."""
-    from torch.distributed.launcher.api import elastic_launch
-
     config = local_launch_config(nproc, max_restarts)
     # By default torch shares the agent's TCPStore with the ranks and keeps it across restarts
     # without a per-attempt prefix, so restarted ranks read their dead predecessors' gloo
@@ -114,7 +111,7 @@ def spawn_local(run_cfg: str, nproc: int, max_restarts: int) -> dict:
     # As torchrun does: ranks sharing the machine's cores must not each start a thread per core.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     log.info(f"starting {nproc} local ranks (logs: rank*.log in the run dir)")
-    results = elastic_launch(config, worker)(run_cfg)
+    results = elastic_launch(config, worker)(run_cfg, None, list(callbacks))
     return results[0]
 
 

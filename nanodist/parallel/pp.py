@@ -29,8 +29,8 @@ from torch.distributed.pipelining.schedules import PipelineScheduleSingle
 
 from nanodist.config import PP_SCHEDULES, ConfigError
 from nanodist.model import GPT, GPTConfig
-from nanodist.parallel.parallelize import parallelize
 from nanodist.parallel.dims import Mesh, ParallelDims
+from nanodist.parallel.parallelize import parallelize
 from nanodist.parallel.tensors import as_plain
 
 

@@ -30,7 +30,12 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch.distributed.tensor.parallel import loss_parallel
 
-from nanodist.config import ConfigError, pipeline_microbatches, seq_len_of, validate_vocab
+from nanodist.config import (
+    ConfigError,
+    pipeline_microbatches,
+    seq_len_of,
+    validate_vocab,
+)
 from nanodist.data import GPT2Tokenizer, is_prepared, read_meta
 from nanodist.model import GPT, GPTConfig, cross_entropy, gpt_config, num_params
 from nanodist.parallel.dims import ParallelDims

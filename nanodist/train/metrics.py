@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+
 class MetricsLog:
     """metrics.jsonl + console progress line + optional wandb/tensorboard, all on rank 0 only."""
 

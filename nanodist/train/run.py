@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from nanodist.parallel.process_group import RankInfo, abandon, agree_on_output_dir, init_process_group, pick_device, shutdown
+from nanodist.parallel.process_group import (
+    RankInfo,
+    abandon,
+    agree_on_output_dir,
+    init_process_group,
+    pick_device,
+    shutdown,
+)
 from nanodist.train.callbacks import Callback
 from nanodist.train.profiling import StepProfiler
 from nanodist.train.trainer import Trainer

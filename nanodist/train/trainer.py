@@ -31,7 +31,12 @@ from nanodist.train.callbacks import Callback, Callbacks
 from nanodist.train.checkpoint import Checkpointer
 from nanodist.train.device import attention_backend, peak_host_memory, set_tf32
 from nanodist.train.loader import BatchLayout, TokenLoader
-from nanodist.train.meters import SavedActivations, memory_record, peak_flops, state_bytes
+from nanodist.train.meters import (
+    SavedActivations,
+    memory_record,
+    peak_flops,
+    state_bytes,
+)
 from nanodist.train.metrics import MetricsLog
 from nanodist.train.optim import build_optimizer, lr_at
 from nanodist.train.rng import rank_seed
