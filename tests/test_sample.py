@@ -22,7 +22,7 @@ LAYOUTS = [
     ("fsdp_tp(2x2)", ["parallel=fsdp_tp", "mesh=2x2"]),
     ("pp_1f1b(2)", ["parallel=pp_1f1b", "mesh.pp=2", "model.tie_embeddings=false"]),
     ("pp_zbv(2, V)", ["parallel=pp_zbv", "mesh.pp=2", "model.tie_embeddings=false"]),
-    ("pp_tp(2x2, SP)", ["parallel=pp_tp", "mesh=2x2", "model.tie_embeddings=false"]),
+    ("pp_tp(2x2)", ["parallel=pp_tp", "mesh=2x2", "model.tie_embeddings=false"]),
 ]
 
 

@@ -1,7 +1,7 @@
 """SLURM: the checks of a sweep before anything is submitted, and preemption inside a running job.
 
 Jobs reach SLURM through hydra-submitit-launcher (`hydra/launcher=slurm`); every SLURM task is one
-rank and joins the others through `nanodist.launch.local.join_slurm_job`. Two things need SLURM's view:
+rank and joins the others through `join_slurm_job` below. Two things need SLURM's view:
 
 - Before submission, `check_submission` refuses a job whose tasks (nodes x tasks_per_node) do not
   match its mesh, or a partition the cluster does not have: a queued job that fails minutes
