@@ -79,6 +79,13 @@ class Trainer:
             self.state.load_state_dict(resumed["trainer"])
         self.metrics = MetricsLog(cfg.output_dir, cfg, t.max_steps, enabled=self.rank.is_main, print_fn=log.info,
                                   first_step=self.state.step)
+        # Memory is measured once (shapes never change): the state after the first step, when gradients
+        # and optimizer state all exist; the activation peak, by saved-tensor hooks, on the second step,
+        # since the first carries one-time work (compilation, a pipeline's shape inference).
+        self.first_step, self.activations, self.state_bytes = self.state.step, SavedActivations(), {}
+        self.measured_step = min(self.first_step + 1, max(self.first_step, t.max_steps - 1))
+        self.timed_this_attempt = False  # this attempt's first logged step carries its warm-up
+        self.attempt_start, self.wall_before = time.perf_counter(), self.state.wall_time_s
         self.pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
         self.flops_per_step, self.peak_flops = flops_per_token(self.model_config, self.seq_len) * self.tokens_per_step, peak_flops(self.device)
         c, d = self.model_config, self.dims
@@ -145,7 +152,7 @@ class Trainer:
     def log_record(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, seconds: float) -> dict:
         """What metrics.jsonl holds for a logged step: loss, throughput, MFU, memory per rank."""
         self.state.loss = self.global_mean(loss)
-        if self.timed_this_attempt:  # the attempt's first logged step carries its warm-up
+        if self.timed_this_attempt:
             self.state.timed_steps, self.state.timed_seconds = self.state.timed_steps + 1, self.state.timed_seconds + seconds
         self.timed_this_attempt = True
         world = self.rank.world_size
@@ -191,12 +198,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train from the current step to max_steps (or an early stop); returns the summary."""
         t = self.cfg.train
-        # Memory is measured once (shapes never change): the state after the first step, when gradients
-        # and optimizer state all exist; the activation peak, by saved-tensor hooks, on the second step,
-        # since the first carries one-time work (compilation, a pipeline's shape inference).
-        self.first_step, self.activations, self.state_bytes = self.state.step, SavedActivations(), {}
-        self.measured_step = self.first_step + 1 if self.first_step + 1 < t.max_steps else self.first_step
-        self.attempt_start, self.wall_before, self.timed_this_attempt = time.perf_counter(), self.state.wall_time_s, False
+        self.attempt_start, self.wall_before = time.perf_counter(), self.state.wall_time_s
         self.callbacks("on_fit_start", self)
         while self.state.step < t.max_steps and self.error is None:
             record = self.train_step()
