@@ -16,107 +16,83 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, save_json  # noqa: E402
-from suite import mean_after_first, run_job  # noqa: E402
+from common import RESULTS, ROOT, STEP_ONLY, machine, mean_after_first, run_job, write_results  # noqa: E402
 
 MFU_TARGET = 0.45
 
 
-def gpt2(device: str, steps: int) -> list[str]:
-    return [
-        "model=gpt2", "data=synthetic", "train.dtype=bfloat16", f"train.device={device}", "train.seq_len=1024",
-        f"train.max_steps={steps}", "train.log_interval=1", "train.eval_interval=0", "train.sample_tokens=0",
-        "checkpoint.enabled=false", "logger=none",
-    ]
+def jobs_of(args) -> list[tuple[str, list[str]]]:
+    """Compiled single runs at every batch size, one eager, fsdp(1) at the largest batch, optionally grad_accum=2."""
+    big, compiled = args.batches[-1], "train.compile=true"
+    jobs = [(f"single_b{b}_compile", [f"train.batch_size={b}", compiled, "parallel=single"]) for b in args.batches]
+    jobs.append((f"single_b{args.batches[0]}_eager", [f"train.batch_size={args.batches[0]}", "parallel=single"]))
+    jobs.append((f"fsdp1_b{big}_compile", [f"train.batch_size={big}", compiled, "parallel=fsdp", "mesh.dp_shard=1"]))
+    if args.accum:
+        jobs.append((f"single_b{2 * big}_ga2_compile", [f"train.batch_size={2 * big}", "train.grad_accum=2", compiled, "parallel=single"]))
+    return jobs
+
+
+def job_row(job: dict, name: str, extra: list[str], skip: int) -> dict:
+    """One job's figures: medians over its steady logged steps (after `skip`: compile, allocator warm-up)."""
+    job_dir = Path(job["dir"])
+    summary = json.loads((job_dir / "summary.json").read_text()) if (job_dir / "summary.json").exists() else {}
+    records = [json.loads(x) for x in (job_dir / "metrics.jsonl").read_text().splitlines()] if (job_dir / "metrics.jsonl").exists() else []
+    tok, mfu = [r["tokens_per_s"] for r in records[skip:]], [r["mfu"] for r in records[skip:] if r.get("mfu") is not None]
+    row = {"name": name, "overrides": extra, "exit": job["exit"], "seconds": job["seconds"], "status": summary.get("status"),
+           "tokens_per_s_mean": statistics.fmean(tok) if tok else None, "tokens_per_s_median": statistics.median_high(tok) if tok else None,
+           "mfu_mean": statistics.fmean(mfu) if mfu else None, "mfu_median": statistics.median_high(mfu) if mfu else None,
+           "summary_mean_tokens_per_s": summary.get("mean_tokens_per_s"), "mean_mfu_after_first": mean_after_first(records, "mfu"),
+           "peak_memory_bytes": summary.get("peak_memory_bytes"), "final_loss": summary.get("final_loss"),
+           "first_step_s": records[0]["elapsed"] if records else None}
+    if job["exit"] != 0:
+        row["console_tail"] = (job_dir / "console.txt").read_text()[-1500:]
+    mfu_s = f"{100 * row['mfu_median']:.1f}%" if row["mfu_median"] else "-"
+    tok_s = f"{row['tokens_per_s_median']:,.0f}" if row["tokens_per_s_median"] else "-"
+    mem = f"{row['peak_memory_bytes'] / 2**30:.1f} GiB" if row["peak_memory_bytes"] else "-"
+    print(f"  {name:<24} exit {job['exit']} {job['seconds']:6.1f}s  tok/s {tok_s:>10}  MFU {mfu_s:>6}  peak {mem:>9}  "
+          f"loss {row['final_loss']}\n{row.get('console_tail', '')}".rstrip(), flush=True)
+    return row
 
 
 def part_mfu(args, sweep: Path) -> dict:
-    base = gpt2(args.device, args.steps)
-    if args.model_overrides:
-        base += args.model_overrides
-    jobs = []
-    for b in args.batches:
-        jobs.append((f"single_b{b}_compile", [f"train.batch_size={b}", "train.compile=true", "parallel=single"]))
-    best_b = args.batches[-1]
-    jobs.append((f"single_b{args.batches[0]}_eager", [f"train.batch_size={args.batches[0]}", "parallel=single"]))
-    jobs.append((f"fsdp1_b{best_b}_compile", [f"train.batch_size={best_b}", "train.compile=true", "parallel=fsdp", "mesh.dp_shard=1"]))
-    if args.accum:
-        jobs.append((f"single_b{2 * best_b}_ga2_compile", [f"train.batch_size={2 * best_b}", "train.grad_accum=2", "train.compile=true", "parallel=single"]))
-
-    rows = []
-    for i, (name, extra) in enumerate(jobs):
-        job = run_job(i, name, [*base, *extra], sweep, args.timeout)
-        job_dir = Path(job["dir"])
-        summary = json.loads((job_dir / "summary.json").read_text()) if (job_dir / "summary.json").exists() else {}
-        records = [json.loads(x) for x in (job_dir / "metrics.jsonl").read_text().splitlines()] if (job_dir / "metrics.jsonl").exists() else []
-        records = [r for r in records if "loss" in r]
-        # Steady state: the logged steps after the first few (compile, allocator warm-up).
-        steady = records[args.skip:]
-        tok = [r["tokens_per_s"] for r in steady]
-        mfu = [r["mfu"] for r in steady if r.get("mfu") is not None]
-        row = {
-            "name": name, "overrides": extra, "exit": job["exit"], "seconds": job["seconds"], "status": summary.get("status"),
-            "tokens_per_s_mean": sum(tok) / len(tok) if tok else None,
-            "tokens_per_s_median": sorted(tok)[len(tok) // 2] if tok else None,
-            "mfu_mean": sum(mfu) / len(mfu) if mfu else None,
-            "mfu_median": sorted(mfu)[len(mfu) // 2] if mfu else None,
-            "summary_mean_tokens_per_s": summary.get("mean_tokens_per_s"),
-            "mean_mfu_after_first": mean_after_first(records, "mfu"),
-            "peak_memory_bytes": summary.get("peak_memory_bytes"),
-            "final_loss": summary.get("final_loss"),
-            "first_step_s": records[0]["elapsed"] if records else None,
-        }
-        if job["exit"] != 0:
-            row["console_tail"] = (job_dir / "console.txt").read_text()[-1500:]
-        rows.append(row)
-        mfu_s = f"{100 * row['mfu_median']:.1f}%" if row["mfu_median"] else "-"
-        tok_s = f"{row['tokens_per_s_median']:,.0f}" if row["tokens_per_s_median"] else "-"
-        mem = f"{row['peak_memory_bytes'] / 2**30:.1f} GiB" if row["peak_memory_bytes"] else "-"
-        print(f"  {name:<24} exit {job['exit']} {job['seconds']:6.1f}s  tok/s {tok_s:>10}  MFU {mfu_s:>6}  peak {mem:>9}  loss {row['final_loss']}", flush=True)
-        if job["exit"] != 0:
-            print(row["console_tail"])
-    good = [r for r in rows if r["mfu_median"] and "compile" in r["name"] and r["name"].startswith("single")]
-    best = max(good, key=lambda r: r["mfu_median"]) if good else None
-    single = next((r for r in rows if r["name"] == f"single_b{best_b}_compile"), None)
-    fsdp1 = next((r for r in rows if r["name"].startswith("fsdp1")), None)
-    out = {"jobs": rows, "sweep_dir": str(sweep)}
-    if best:
-        out["best"] = best["name"]
-        out["best_mfu"] = best["mfu_median"]
-        ok = best["mfu_median"] >= MFU_TARGET
-        print(f"{'PASS' if ok else 'FAIL'}: best MFU {100 * best['mfu_median']:.1f}% ({best['name']}, "
+    base = ["model=gpt2", "data=synthetic", "train.dtype=bfloat16", f"train.device={args.device}", "train.seq_len=1024",
+            f"train.max_steps={args.steps}", "train.log_interval=1", *STEP_ONLY, "logger=none", *args.model_overrides]
+    rows = [job_row(run_job(i, name, [*base, *extra], sweep, args.timeout), name, extra, args.skip)
+            for i, (name, extra) in enumerate(jobs_of(args))]
+    by_name, out = {r["name"]: r for r in rows}, {"jobs": rows, "sweep_dir": str(sweep)}
+    good = [r for r in rows if r["mfu_median"] and r["name"].startswith("single") and "compile" in r["name"]]
+    if good:
+        best = max(good, key=lambda r: r["mfu_median"])
+        out.update(best=best["name"], best_mfu=best["mfu_median"], mfu_verdict="PASS" if best["mfu_median"] >= MFU_TARGET else "FAIL")
+        print(f"{out['mfu_verdict']}: best MFU {100 * best['mfu_median']:.1f}% ({best['name']}, "
               f"{best['tokens_per_s_median']:,.0f} tok/s) (target >= {100 * MFU_TARGET:.0f}%)")
-        out["mfu_verdict"] = "PASS" if ok else "FAIL"
+    single, fsdp1 = by_name.get(f"single_b{args.batches[-1]}_compile"), by_name.get(f"fsdp1_b{args.batches[-1]}_compile")
     if single and fsdp1 and single["tokens_per_s_median"] and fsdp1["tokens_per_s_median"]:
-        ratio = fsdp1["tokens_per_s_median"] / single["tokens_per_s_median"]
-        out["fsdp1_over_single"] = ratio
-        print(f"fsdp(1)/single tokens/s at batch {best_b}: {ratio:.3f}; peak memory "
+        out["fsdp1_over_single"] = fsdp1["tokens_per_s_median"] / single["tokens_per_s_median"]
+        print(f"fsdp(1)/single tokens/s at batch {args.batches[-1]}: {out['fsdp1_over_single']:.3f}; peak memory "
               f"{(fsdp1['peak_memory_bytes'] or 0) / 2**30:.1f} vs {(single['peak_memory_bytes'] or 0) / 2**30:.1f} GiB")
-    try:
-        from nanodist.tools.report import load_sweep, table
+    from nanodist.tools.report import load_sweep, table
 
-        out["table"] = table(load_sweep(sweep))
-        print(out["table"])
-    except Exception as e:  # the report is a convenience here
-        print(f"(report table not made: {e})")
+    out["table"] = table(load_sweep(sweep))
+    print(out["table"])
     return out
 
 
 def part_overhead(args) -> dict:
+    """overhead.py on CUDA, eager then compiled, with its kernel profile; each result as that script wrote it."""
     out = {}
-    for compiled in (False, True):
-        name = "overhead_cuda_compile" if compiled else "overhead_cuda"
-        target = ROOT / "benchmarks" / "results" / f"{name}.json"
+    for name, flags in (("overhead_cuda", []), ("overhead_cuda_compile", ["--compile"])):
+        target, start = RESULTS / f"{name}.json", time.perf_counter()
         cmd = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--device", "cuda", "--repeats", str(args.repeats),
-               "--steps", "20", "--json", str(target), "--kernel-profile", *(["--compile"] if compiled else []),
-               "model=gpt2", "data=synthetic", f"train.batch_size={args.overhead_batch}", "train.seq_len=1024", "train.dtype=bfloat16"]
-        start = time.perf_counter()
+               "--steps", "20", "--json", str(target), "--kernel-profile", *flags, "model=gpt2", "data=synthetic",
+               f"train.batch_size={args.overhead_batch}", "train.seq_len=1024", "train.dtype=bfloat16"]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
         print(proc.stdout[-12000:] + proc.stderr[-2000:], flush=True)
         out[name] = json.loads(target.read_text()) if target.exists() else {"error": proc.stderr[-2000:]}
@@ -138,32 +114,23 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="copy the results JSON (and logs) here too")
     ap.add_argument("model_overrides", nargs="*")
     args = ap.parse_args()
-
     import torch
 
     tag = torch.cuda.get_device_name(0).split()[1].lower() if torch.cuda.is_available() else args.device
-    results_path = ROOT / "benchmarks" / "results" / f"gpu_{tag}.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["machine"] = machine()
-    if torch.cuda.is_available():
-        results["machine"]["cuda"] = torch.version.cuda
-    print(results["machine"], flush=True)
+    path = RESULTS / f"gpu_{tag}.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    print(machine(), flush=True)
     sweep = ROOT / "outputs" / "benchmarks" / time.strftime("gpu_%Y-%m-%d_%H-%M-%S")
     sweep.mkdir(parents=True, exist_ok=True)
     if args.part in ("mfu", "all"):
         results["mfu"] = part_mfu(args, sweep)
     if args.part in ("overhead", "all"):
         results["overhead"] = part_overhead(args)
-    save_json(results_path, results)
-    print(f"wrote {results_path}")
-    if args.out:
-        dest = Path(args.out)
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy(results_path, dest / results_path.name)
-        for extra in ("overhead_cuda.json", "overhead_cuda_compile.json"):
-            src = ROOT / "benchmarks" / "results" / extra
-            if src.exists():
-                shutil.copy(src, dest / extra)
+    write_results(path, results)
+    for src in (path, RESULTS / "overhead_cuda.json", RESULTS / "overhead_cuda_compile.json") if args.out else ():
+        if src.exists():
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, Path(args.out) / src.name)
 
 
 if __name__ == "__main__":

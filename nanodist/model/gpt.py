@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,6 @@ class GPT(nn.Module):
 
 def _copy_into_local_shard(param: torch.Tensor, full: torch.Tensor) -> None:
     """Write the part of `full` that this rank owns into `param` (a DTensor shard or a plain tensor)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
     if isinstance(param, DTensor):
         # src_data_rank=None: every rank computed `full` identically, so each slices its own part.
         full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()

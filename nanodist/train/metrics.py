@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 
 class MetricsLog:
     """metrics.jsonl + console progress line + optional wandb/tensorboard, all on rank 0 only."""
@@ -103,6 +105,4 @@ def _duration(seconds: float) -> str:
 
 
 def _plain(cfg) -> dict:
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(cfg, resolve=True)
