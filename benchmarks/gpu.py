@@ -1,21 +1,15 @@
 """One GPU: GPT-2 124M tokens/s and MFU, single against fsdp(1), and the harness overhead (issues 4 and 9).
 
-Every figure comes from the product's own runs (`python launch.py model=gpt2 data=synthetic ...`,
-bf16 autocast, seq 1024) read back from summary.json / metrics.jsonl, or from benchmarks/overhead.py.
+Figures come from the product's own runs (`python launch.py model=gpt2 data=synthetic ...`, bf16,
+seq 1024: their summary.json and metrics.jsonl) and from benchmarks/overhead.py. Target (issue 9):
+MFU >= 45% for GPT-2 124M, bf16, compile, one H100. Writes results/gpu_<device>.json (merged).
 
     python benchmarks/gpu.py --part mfu        # batch-size sweep, compile on/off, single vs fsdp(1) (nccl)
     python benchmarks/gpu.py --part overhead   # overhead.py on CUDA, eager and compiled
-    python benchmarks/gpu.py --out DIR         # also copy the results there
-
-Target (issue 9): MFU >= 45% for GPT-2 124M, bf16, compile, one H100; reported as measured.
-Writes benchmarks/results/gpu_<device>.json (merged with what an earlier --part wrote).
 """
-
-from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,80 +17,76 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, STEP_ONLY, machine, mean_after_first, run_job, write_results  # noqa: E402
+from common import RESULTS, ROOT, STEP_ONLY, machine, run_job, write_results  # noqa: E402
 
 MFU_TARGET = 0.45
 
 
-def jobs_of(args) -> list[tuple[str, list[str]]]:
+def jobs_of(args) -> dict[str, list[str]]:
     """Compiled single runs at every batch size, one eager, fsdp(1) at the largest batch, optionally grad_accum=2."""
-    big, compiled = args.batches[-1], "train.compile=true"
-    jobs = [(f"single_b{b}_compile", [f"train.batch_size={b}", compiled, "parallel=single"]) for b in args.batches]
-    jobs.append((f"single_b{args.batches[0]}_eager", [f"train.batch_size={args.batches[0]}", "parallel=single"]))
-    jobs.append((f"fsdp1_b{big}_compile", [f"train.batch_size={big}", compiled, "parallel=fsdp", "mesh.dp_shard=1"]))
+    big, small, c = args.batches[-1], args.batches[0], "train.compile=true"
+    jobs = {f"single_b{b}_compile": [f"train.batch_size={b}", c, "parallel=single"] for b in args.batches}
+    jobs[f"single_b{small}_eager"] = [f"train.batch_size={small}", "parallel=single"]
+    jobs[f"fsdp1_b{big}_compile"] = [f"train.batch_size={big}", c, "parallel=fsdp", "mesh.dp_shard=1"]
     if args.accum:
-        jobs.append((f"single_b{2 * big}_ga2_compile", [f"train.batch_size={2 * big}", "train.grad_accum=2", compiled, "parallel=single"]))
+        jobs[f"single_b{2 * big}_ga2_compile"] = [f"train.batch_size={2 * big}", "train.grad_accum=2", c, "parallel=single"]
     return jobs
 
 
-def job_row(job: dict, name: str, extra: list[str], skip: int) -> dict:
-    """One job's figures: medians over its steady logged steps (after `skip`: compile, allocator warm-up)."""
-    job_dir = Path(job["dir"])
-    summary = json.loads((job_dir / "summary.json").read_text()) if (job_dir / "summary.json").exists() else {}
-    records = [json.loads(x) for x in (job_dir / "metrics.jsonl").read_text().splitlines()] if (job_dir / "metrics.jsonl").exists() else []
+def job_row(job: dict, skip: int) -> dict:
+    """A job's medians over its steady logged steps (after `skip`: compilation, allocator warm-up); printed."""
+    d = Path(job["dir"])
+    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+    records = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] if (d / "metrics.jsonl").exists() else []
     tok, mfu = [r["tokens_per_s"] for r in records[skip:]], [r["mfu"] for r in records[skip:] if r.get("mfu") is not None]
-    row = {"name": name, "overrides": extra, "exit": job["exit"], "seconds": job["seconds"], "status": summary.get("status"),
-           "tokens_per_s_mean": statistics.fmean(tok) if tok else None, "tokens_per_s_median": statistics.median_high(tok) if tok else None,
-           "mfu_mean": statistics.fmean(mfu) if mfu else None, "mfu_median": statistics.median_high(mfu) if mfu else None,
-           "summary_mean_tokens_per_s": summary.get("mean_tokens_per_s"), "mean_mfu_after_first": mean_after_first(records, "mfu"),
-           "peak_memory_bytes": summary.get("peak_memory_bytes"), "final_loss": summary.get("final_loss"),
-           "first_step_s": records[0]["elapsed"] if records else None}
-    if job["exit"] != 0:
-        row["console_tail"] = (job_dir / "console.txt").read_text()[-1500:]
+    row = {**job, "status": summary.get("status"), "tokens_per_s_median": statistics.median_high(tok) if tok else None,
+           "mfu_median": statistics.median_high(mfu) if mfu else None, "peak_memory_bytes": summary.get("peak_memory_bytes"),
+           "final_loss": summary.get("final_loss"), "console_tail": (d / "console.txt").read_text()[-1500:] if job["exit"] else ""}
     mfu_s = f"{100 * row['mfu_median']:.1f}%" if row["mfu_median"] else "-"
     tok_s = f"{row['tokens_per_s_median']:,.0f}" if row["tokens_per_s_median"] else "-"
     mem = f"{row['peak_memory_bytes'] / 2**30:.1f} GiB" if row["peak_memory_bytes"] else "-"
-    print(f"  {name:<24} exit {job['exit']} {job['seconds']:6.1f}s  tok/s {tok_s:>10}  MFU {mfu_s:>6}  peak {mem:>9}  "
-          f"loss {row['final_loss']}\n{row.get('console_tail', '')}".rstrip(), flush=True)
+    print(f"  {job['name']:<24} exit {job['exit']} {job['seconds']:6.1f}s  tok/s {tok_s:>10}  MFU {mfu_s:>6}  peak {mem:>9}  "
+          f"loss {row['final_loss']}\n{row['console_tail']}".rstrip(), flush=True)
     return row
 
 
 def part_mfu(args, sweep: Path) -> dict:
+    from nanodist.tools.report import load_sweep, table
+
     base = ["model=gpt2", "data=synthetic", "train.dtype=bfloat16", f"train.device={args.device}", "train.seq_len=1024",
             f"train.max_steps={args.steps}", "train.log_interval=1", *STEP_ONLY, "logger=none", *args.model_overrides]
-    rows = [job_row(run_job(i, name, [*base, *extra], sweep, args.timeout), name, extra, args.skip)
-            for i, (name, extra) in enumerate(jobs_of(args))]
-    by_name, out = {r["name"]: r for r in rows}, {"jobs": rows, "sweep_dir": str(sweep)}
-    good = [r for r in rows if r["mfu_median"] and r["name"].startswith("single") and "compile" in r["name"]]
+    rows = {name: job_row(run_job(i, name, [*base, *extra], sweep, args.timeout), args.skip)
+            for i, (name, extra) in enumerate(jobs_of(args).items())}
+    out = {"jobs": list(rows.values()), "sweep_dir": str(sweep)}
+    good = [r for n, r in rows.items() if r["mfu_median"] and n.startswith("single") and "compile" in n]
     if good:
         best = max(good, key=lambda r: r["mfu_median"])
         out.update(best=best["name"], best_mfu=best["mfu_median"], mfu_verdict="PASS" if best["mfu_median"] >= MFU_TARGET else "FAIL")
         print(f"{out['mfu_verdict']}: best MFU {100 * best['mfu_median']:.1f}% ({best['name']}, "
               f"{best['tokens_per_s_median']:,.0f} tok/s) (target >= {100 * MFU_TARGET:.0f}%)")
-    single, fsdp1 = by_name.get(f"single_b{args.batches[-1]}_compile"), by_name.get(f"fsdp1_b{args.batches[-1]}_compile")
-    if single and fsdp1 and single["tokens_per_s_median"] and fsdp1["tokens_per_s_median"]:
+    big = args.batches[-1]
+    single, fsdp1 = rows[f"single_b{big}_compile"], rows[f"fsdp1_b{big}_compile"]
+    if single["tokens_per_s_median"] and fsdp1["tokens_per_s_median"]:
         out["fsdp1_over_single"] = fsdp1["tokens_per_s_median"] / single["tokens_per_s_median"]
-        print(f"fsdp(1)/single tokens/s at batch {args.batches[-1]}: {out['fsdp1_over_single']:.3f}; peak memory "
+        print(f"fsdp(1)/single tokens/s at batch {big}: {out['fsdp1_over_single']:.3f}; peak memory "
               f"{(fsdp1['peak_memory_bytes'] or 0) / 2**30:.1f} vs {(single['peak_memory_bytes'] or 0) / 2**30:.1f} GiB")
-    from nanodist.tools.report import load_sweep, table
-
     out["table"] = table(load_sweep(sweep))
     print(out["table"])
     return out
 
 
 def part_overhead(args) -> dict:
-    """overhead.py on CUDA, eager then compiled, with its kernel profile; each result as that script wrote it."""
+    """overhead.py on CUDA, eager then compiled; each result as that script wrote it."""
     out = {}
     for name, flags in (("overhead_cuda", []), ("overhead_cuda_compile", ["--compile"])):
-        target, start = RESULTS / f"{name}.json", time.perf_counter()
+        path, start = RESULTS / f"{name}.json", time.perf_counter()
         cmd = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--device", "cuda", "--repeats", str(args.repeats),
-               "--steps", "20", "--json", str(target), "--kernel-profile", *flags, "model=gpt2", "data=synthetic",
+               "--steps", "20", "--json", str(path), *flags, "model=gpt2", "data=synthetic",
                f"train.batch_size={args.overhead_batch}", "train.seq_len=1024", "train.dtype=bfloat16"]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
         print(proc.stdout[-12000:] + proc.stderr[-2000:], flush=True)
-        out[name] = json.loads(target.read_text()) if target.exists() else {"error": proc.stderr[-2000:]}
-        out[name]["seconds"] = round(time.perf_counter() - start, 1)
+        out[name] = {**(json.loads(path.read_text()) if path.exists() else {"error": proc.stderr[-2000:]}),
+                     "seconds": round(time.perf_counter() - start, 1)}
     return out
 
 
@@ -111,13 +101,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="overhead pairs")
     ap.add_argument("--overhead-batch", type=int, default=16)
     ap.add_argument("--timeout", type=int, default=540)
-    ap.add_argument("--out", default=None, help="copy the results JSON (and logs) here too")
     ap.add_argument("model_overrides", nargs="*")
     args = ap.parse_args()
     import torch
 
-    tag = torch.cuda.get_device_name(0).split()[1].lower() if torch.cuda.is_available() else args.device
-    path = RESULTS / f"gpu_{tag}.json"
+    path = RESULTS / f"gpu_{torch.cuda.get_device_name(0).split()[1].lower() if torch.cuda.is_available() else args.device}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     print(machine(), flush=True)
     sweep = ROOT / "outputs" / "benchmarks" / time.strftime("gpu_%Y-%m-%d_%H-%M-%S")
@@ -127,10 +115,6 @@ def main() -> None:
     if args.part in ("overhead", "all"):
         results["overhead"] = part_overhead(args)
     write_results(path, results)
-    for src in (path, RESULTS / "overhead_cuda.json", RESULTS / "overhead_cuda_compile.json") if args.out else ():
-        if src.exists():
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, Path(args.out) / src.name)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,15 @@
-"""The speed and memory levers, measured through the product (issue 9): torch.compile and activation checkpointing.
+"""The speed and memory levers through the product (issue 9): torch.compile and activation checkpointing.
 
-- compile: whole runs (`nanodist.launch.local.launch`) alternate train.compile=false and true
-  (E C C E ...). Each run's figure is its median step's process CPU time (`common.Probe`): with one
-  intra-op thread it is the work of a step, which other tenants of a shared machine do not inflate;
-  wall figures are printed beside it. Compilation happens in the warm-up steps, before the timed
-  window; its cost is printed separately (the run's wall time outside the window): the first
-  compiled run compiles cold (the script starts with an empty inductor cache), later ones reuse it.
-- activation checkpointing: one run each of train.activation_checkpointing=none, full and selective
-  (every `train.ac_every`-th block); activation bytes = the trainer's own meter (`SavedActivations`,
-  the most bytes autograd holds for backward at once), beside the step time.
+compile: whole runs alternate train.compile=false and true (E C C E ...), each timed by its median
+step's process CPU time (`common.Probe`; wall beside it); compiling happens in the warm-up steps,
+its cost printed apart (the first compiled run compiles cold: the script starts with an empty
+inductor cache). Activation checkpointing: none, full, selective, each with the trainer's own
+activation peak (`SavedActivations`) and step time.
 
     python benchmarks/levers.py                       # CPU, the default model (tiny, shakespeare_char)
     python benchmarks/levers.py data=shakespeare      # GPT-2's BPE vocabulary: the loss is a bigger share
     python benchmarks/levers.py --only compile --repeats 3
-
-Prints the figures and ratios; writes benchmarks/results/levers_<device>.json (or --json).
 """
-
-from __future__ import annotations
 
 import argparse
 import os

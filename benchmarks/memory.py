@@ -1,17 +1,12 @@
 """Per-rank training state under FSDP2: parameters + gradients + optimizer state, fsdp(N) against one process (issue 4).
 
-Each layout runs through `nanodist.launch.local.launch` with real gloo ranks (as `python launch.py
-parallel=fsdp mesh.dp_shard=N` does). Every rank reports the trainer's own meter
-(`nanodist.train.meters.state_bytes`, taken after the first update, when gradients and optimizer
-state all exist; a DTensor counts its local shard only); the largest rank is compared with one process.
+Real gloo ranks through `nanodist.launch.local.launch`; each reports the trainer's own meter
+(`state_bytes`, after the first update; a DTensor counts its local shard). Target: the largest
+rank of fsdp(N) holds <= 1.05 / N of one process's bytes.
 
     python benchmarks/memory.py                 # N = 2 and 4 on CPU
     python benchmarks/memory.py --sizes 2 4 8 model.n_layer=8
-
-Target: max-rank bytes of fsdp(N) <= 1.05 / N x one process's.
 """
-
-from __future__ import annotations
 
 import argparse
 import sys
@@ -43,23 +38,19 @@ def main() -> None:
     args = ap.parse_args()
     base, work = [*DEFAULT, *args.overrides], Path(tempfile.mkdtemp(prefix="nanodist-memory-"))
     print(f"config: {' '.join(base)}")
-    one = measure([*base, "parallel=single"], work / "single")
-    rows, results = [("single", 1, one, None)], {"benchmark": "memory", "overrides": base, "single": one, "fsdp": {}}
-    for n in args.sizes:
-        r = measure([*base, "parallel=fsdp", f"mesh.dp_shard={n}"], work / f"fsdp{n}")
-        r.update(ratio=r["max_total"] / one["max_total"], target=1.05 / n)
-        rows.append((f"fsdp({n})", n, r, r["ratio"]))
-        results["fsdp"][str(n)] = r
+    layouts = {"single": measure([*base, "parallel=single"], work / "single")}
+    layouts.update({f"fsdp({n})": measure([*base, "parallel=fsdp", f"mesh.dp_shard={n}"], work / f"fsdp{n}") for n in args.sizes})
     print(f"{'layout':<9} {'ranks':>5} {'params':>11} {'grads':>11} {'optim':>11} {'total':>11} {'ratio':>7} {'x N':>6}")
-    for name, n, r, ratio in rows:
-        sizes = " ".join(f"{fmt_bytes(r[k]):>11}" for k in (*KEYS, "max_total"))
-        print(f"{name:<9} {n:>5} {sizes} {'1' if ratio is None else f'{ratio:.4f}':>7} {'' if ratio is None else f'{ratio * n:.4f}':>6}")
+    for name, r in layouts.items():
+        n, r["ratio"] = len(r["ranks"]), r["max_total"] / layouts["single"]["max_total"]
+        ratios = (f"{r['ratio']:.4f}", f"{r['ratio'] * n:.4f}") if n > 1 else ("1", "")
+        print(f"{name:<9} {n:>5} " + " ".join(f"{fmt_bytes(r[k]):>11}" for k in (*KEYS, "max_total")) + f" {ratios[0]:>7} {ratios[1]:>6}")
     print("(per rank, the largest rank; 'x N' = ratio times N, 1.0 is a perfect split)")
     for n in args.sizes:
-        r = results["fsdp"][str(n)]
-        print(f"{'PASS' if r['ratio'] <= r['target'] else 'FAIL'}: fsdp({n}) per-rank state {r['ratio']:.4f} x one process "
-              f"(target <= 1.05/{n} = {r['target']:.4f})")
-    write_results(RESULTS / "memory_cpu.json", results)
+        ratio = layouts[f"fsdp({n})"]["ratio"]
+        print(f"{'PASS' if ratio <= 1.05 / n else 'FAIL'}: fsdp({n}) per-rank state {ratio:.4f} x one process "
+              f"(target <= 1.05/{n} = {1.05 / n:.4f})")
+    write_results(RESULTS / "memory_cpu.json", {"benchmark": "memory", "overrides": base, "layouts": layouts})
 
 
 if __name__ == "__main__":

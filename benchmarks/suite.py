@@ -1,21 +1,14 @@
 """The strategy matrix at a fixed number of tokens per step (issue 9).
 
-Each strategy runs as a user runs it, `python launch.py <config> parallel=... mesh...`, into one
-sweep dir (outputs/benchmarks/suite_<time>/NN_<strategy>); the table is the sweep report's own
-(`nanodist.tools.report`), so the suite and `python -m nanodist.tools.report <sweep dir>` print the same thing.
-Every strategy trains the same model (untied embeddings, since pipeline stages cannot share a
-tied weight) on the same global batch, so throughput, memory and final loss compare directly.
+Each strategy runs as a user runs it (`python launch.py ... parallel=... mesh...`) into one sweep
+dir; the table is the sweep report's own (`nanodist.tools.report`). Every job trains the same model
+(untied embeddings, as pipeline stages need) on the same global batch. PASS when every job completes.
 
     python benchmarks/suite.py                      # CPU: the default matrix below (gloo, up to 4 ranks)
     python benchmarks/suite.py --all                # + every other pipeline layout and 3d (8 ranks)
     python benchmarks/suite.py --only single fsdp   # a subset
     python benchmarks/suite.py --device cuda --gpu-matrix model=gpt2 train.dtype=bfloat16   # one GPU: single vs fsdp(1)
-
-Writes benchmarks/results/suite_<device>.md (the table) and suite_<device>.json (raw summaries).
-PASS when every job completes; final losses are compared with the single-process run as a check.
 """
-
-from __future__ import annotations
 
 import argparse
 import sys
@@ -23,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, STEP_ONLY, compose, machine, mean_after_first, run_job, tokens_per_step, write_results  # noqa: E402
+from common import RESULTS, ROOT, STEP_ONLY, compose, machine, run_job, tokens_per_step, write_results  # noqa: E402
 
 # Small enough for 8 gloo ranks on 2 cores; 8 x 64 = 512 tokens per optimizer step everywhere.
 BASE = ["model=nano", "model.n_embd=128", "model.n_head=4", "model.n_layer=4", "model.block_size=64", "model.tie_embeddings=false",
@@ -42,7 +35,7 @@ GPU_MATRIX = {"single": ["parallel=single"], "fsdp(1)": ["parallel=fsdp", "mesh.
 
 
 def report(sweep: Path, jobs: list[dict]) -> tuple[str, list[dict]]:
-    """The sweep report's table (plots beside it when matplotlib can), and each job's raw summary."""
+    """The sweep report's table (and plots, when they can be drawn), and each job with its summary and losses."""
     from nanodist.tools.report import load_sweep, table, write_report
 
     report_jobs = load_sweep(sweep)
@@ -50,14 +43,8 @@ def report(sweep: Path, jobs: list[dict]) -> tuple[str, list[dict]]:
         print(f"report with plots: {write_report(sweep, report_jobs).relative_to(ROOT)}")
     except Exception as e:  # plots are a bonus; the table is the result
         print(f"(plots not written: {e})")
-    raw = []
-    for job, rj in zip(jobs, report_jobs):
-        summary = {k: v for k, v in rj.summary.items() if k != "sample"}
-        raw.append({**job, "strategy": rj.strategy, "mesh": rj.shape, "world_size": rj.world_size, "status": rj.status,
-                    "summary": summary, "mean_tokens_per_s": summary.get("mean_tokens_per_s"),
-                    "mean_flops_per_s_per_rank": mean_after_first(rj.records, "flops_per_s_per_rank"),
-                    "mean_mfu": mean_after_first(rj.records, "mfu"), "losses": [r["loss"] for r in rj.records]})
-    return table(report_jobs), raw
+    return table(report_jobs), [{**job, "strategy": rj.strategy, "mesh": rj.shape, "status": rj.status, "summary": rj.summary,
+                                 "losses": [r["loss"] for r in rj.records]} for job, rj in zip(jobs, report_jobs)]
 
 
 def main() -> None:

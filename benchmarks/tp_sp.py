@@ -1,19 +1,12 @@
 """Tensor parallelism with and without sequence parallelism: tokens/s and per-rank activation memory (issue 5).
 
-tp(2) and tp_sp(2) (SP + loss parallel) train the same config through `nanodist.launch.local.launch`
-with real gloo ranks; `--single` adds one process as a yardstick. Activation bytes per rank are the
-trainer's own meter (`SavedActivations`: the most bytes autograd holds for backward at once, DTensors
-by their local shard; measured on the run's second step). Throughput is the median wall time of a
-step on rank 0 (every rank waits for the others in the collectives); runs alternate tp, tp_sp, tp_sp,
-tp ... The process CPU time per step (largest rank) is shown too: on a shared machine it is steadier.
+tp(2) and tp_sp(2) (SP + loss parallel) through `nanodist.launch.local.launch` with gloo ranks,
+alternating tp, tp_sp, tp_sp, tp; `--single` adds one process. Per layout: rank 0's median step
+(wall), the largest rank's CPU time per step, and the trainer's activation peak per rank (largest rank).
 
     python benchmarks/tp_sp.py
     python benchmarks/tp_sp.py --repeats 3 model.n_layer=8 train.seq_len=256 model.block_size=256
-
-Check: tp_sp's per-rank activation bytes below tp's (what sequence + loss parallelism are for).
 """
-
-from __future__ import annotations
 
 import argparse
 import statistics

@@ -59,18 +59,14 @@ class Trainer:
         set_tf32(self.device, t.tf32)
         self.dims = ParallelDims.from_config(cfg, self.rank.world_size)
         self.mesh = self.dims.build_mesh(self.device.type) if dist.is_initialized() else None
+        self.pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
         torch.manual_seed(rank_seed(t.seed, self.mesh))  # dropout masks differ across dp ranks
         self.data_meta = read_meta(cfg.data)
         self.model_config = gpt_config(cfg, self.data_meta["vocab_size"])
-        self.seq_len, self.tokens_per_step = seq_len_of(cfg), t.batch_size * seq_len_of(cfg)
         self.runner = build_runner(cfg, self.dims, self.mesh, self.model_config, self.device)
         self.params = unique_parameters(self.runner.parts)
         self.optimizer = build_optimizer(self.params, cfg.optim)
-        dp_rank = self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
-        layout = BatchLayout(t.batch_size, t.grad_accum, self.dims.dp, dp_rank)
-        vocab = self.model_config.vocab_size
-        self.train_loader = TokenLoader(cfg.data, "train", self.seq_len, layout, t.seed, vocab)
-        self.val_loader = TokenLoader(cfg.data, "val", self.seq_len, layout, t.seed, vocab)
+        self.build_loaders()
         self.checkpointer = Checkpointer.from_config(cfg, self.runner.parts, self.optimizer, self.model_config, self.data_meta,
                                                      {"parallel": cfg.parallel.name, "mesh": asdict(self.dims)}, self.device)
         self.state = TrainState()
@@ -79,18 +75,34 @@ class Trainer:
             self.state.load_state_dict(resumed["trainer"])
         self.metrics = MetricsLog(cfg.output_dir, cfg, t.max_steps, enabled=self.rank.is_main, print_fn=log.info,
                                   first_step=self.state.step)
-        # Memory is measured once (shapes never change): the state after the first step, when gradients
-        # and optimizer state all exist; the activation peak, by saved-tensor hooks, on the second step,
-        # since the first carries one-time work (compilation, a pipeline's shape inference).
+        self.build_meters()
+
+    def build_loaders(self) -> None:
+        """Train and val loaders: each data-parallel rank reads its own rows of every global batch."""
+        t = self.cfg.train
+        self.seq_len, self.tokens_per_step = seq_len_of(self.cfg), t.batch_size * seq_len_of(self.cfg)
+        dp_rank = self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
+        layout = BatchLayout(t.batch_size, t.grad_accum, self.dims.dp, dp_rank)
+        vocab = self.model_config.vocab_size
+        self.train_loader = TokenLoader(self.cfg.data, "train", self.seq_len, layout, t.seed, vocab)
+        self.val_loader = TokenLoader(self.cfg.data, "val", self.seq_len, layout, t.seed, vocab)
+
+    def build_meters(self) -> None:
+        """What this attempt measures: FLOPs for MFU, memory once, its own timing and wall clock.
+
+        Memory is measured once (shapes never change): the state after the first step, when gradients
+        and optimizer state all exist; the activation peak, by saved-tensor hooks, on the second step,
+        since the first carries one-time work (compilation, a pipeline's shape inference).
+        """
+        c, d, t = self.model_config, self.dims, self.cfg.train
+        self.flops_per_step = flops_per_token(c, self.seq_len) * self.tokens_per_step
+        self.peak_flops = peak_flops(self.device)
         self.first_step, self.activations, self.state_bytes = self.state.step, SavedActivations(), {}
         self.measured_step = min(self.first_step + 1, max(self.first_step, t.max_steps - 1))
         self.timed_this_attempt = False  # this attempt's first logged step carries its warm-up
         self.attempt_start, self.wall_before = time.perf_counter(), self.state.wall_time_s
-        self.pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
-        self.flops_per_step, self.peak_flops = flops_per_token(self.model_config, self.seq_len) * self.tokens_per_step, peak_flops(self.device)
-        c, d = self.model_config, self.dims
         log.info(f"model {c.n_layer}L/{c.n_head}H/{c.n_embd}d, vocab {c.vocab_size}, {num_params(c) / 1e6:.2f}M params | "
-                 f"parallel={cfg.parallel.name} mesh pp={d.pp} dp_replicate={d.dp_replicate} dp_shard={d.dp_shard} "
+                 f"parallel={self.cfg.parallel.name} mesh pp={d.pp} dp_replicate={d.dp_replicate} dp_shard={d.dp_shard} "
                  f"tp={d.tp} | device {self.device}")
 
     # ---- one step ----
