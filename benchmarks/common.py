@@ -1,11 +1,12 @@
 """What the benchmarks share: compose nanodist's config, launch it through the product, read what each rank saw.
 
-A run goes through `nanodist.launch.local.launch` as a user's does and is measured through the
-Trainer's callback seam: `Probe` times steps and keeps the trainer's own meters, per rank. Ranks
-unpickle `Probe` by this module's name: each script puts benchmarks/ on sys.path before it launches.
+Runs go through `nanodist.launch.local.launch` and are measured through the Trainer's callbacks
+(`Probe`). Ranks unpickle `Probe` by this module's name, from the sys.path they inherit, whose
+first entry is benchmarks/ when a script runs as `python benchmarks/<script>.py`.
 """
 
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # a small shared machine: one intra-op thread per process
 import torch  # noqa: E402
 from hydra import compose as hydra_compose  # noqa: E402
-from hydra import initialize_config_dir  # noqa: E402
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 from nanodist.config import register_configs, seq_len_of  # noqa: E402
@@ -29,7 +30,6 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was i
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("NANODIST_DATA_MIRROR", str(ROOT.parent / "shared" / "data"))
 RESULTS = Path(os.environ.get("NANODIST_BENCH_RESULTS", ROOT / "benchmarks" / "results"))  # each benchmark's raw JSON
-MEMORY_KEYS = ("param_bytes", "grad_bytes", "optim_bytes", "activation_bytes", "peak_memory_bytes")
 STEP_ONLY = ["train.eval_interval=0", "train.sample_tokens=0", "checkpoint.enabled=false"]  # none is part of a step
 DEVNULL = open(os.devnull, "w")  # never closed: a rank run in-process keeps logging to the stdout it started with
 
@@ -45,14 +45,12 @@ def compose(overrides: list[str], output_dir: str):
 class Probe(Callback):
     """Steps `first`+1 .. `last` timed from the end of one update to the end of the next, and the trainer's meters.
 
-    On CUDA the device is synchronised at the window's edges only (the loop keeps its CPU/GPU overlap)
-    and the figure is the window's mean wall time; on CPU it is the median step's process CPU time,
-    which other tenants of a shared machine do not inflate. A `profiler` (cProfile, torch.profiler)
-    runs over the window only, leaving building and compilation out. overhead.py's loop calls `stamp`.
+    CUDA: the window's mean wall time, synchronised at its edges only (the loop keeps its CPU/GPU overlap).
+    CPU: the median step's process CPU time, which other tenants of a shared machine do not inflate.
     """
 
-    def __init__(self, first: int, last: int, sync_cuda: bool = False, out_dir: Path | None = None, profiler=None):
-        self.first, self.last, self.sync_cuda, self.out_dir, self.profiler = first, last, sync_cuda, out_dir, profiler
+    def __init__(self, first: int, last: int, sync_cuda: bool = False, out_dir: Path | None = None):
+        self.first, self.last, self.sync_cuda, self.out_dir = first, last, sync_cuda, out_dir
         self.wall: dict[int, float] = {}
         self.cpu: dict[int, float] = {}
 
@@ -61,27 +59,19 @@ class Probe(Callback):
             if self.sync_cuda and step in (self.first, self.last):
                 torch.cuda.synchronize()
             self.wall[step], self.cpu[step] = time.perf_counter(), time.process_time()
-        if self.profiler is not None and step == self.first:
-            self.profiler.__enter__()
-        elif self.profiler is not None and step == self.last:
-            self.profiler.__exit__(None, None, None)
 
     def on_step_end(self, trainer, record: dict) -> None:
         self.stamp(record["step"])
 
     def figures(self) -> dict:
-        if self.last not in self.wall:  # the run stopped early
-            return {}
         n, keys, out = self.last - self.first, sorted(self.wall), {}
         for name, at in (("wall", self.wall), ("cpu", self.cpu)):
             out[f"{name}_mean"] = (at[self.last] - at[self.first]) / n
-            out[f"{name}_median"] = statistics.median(at[b] - at[a] for a, b in zip(keys, keys[1:]))
+            out[f"{name}_median"] = statistics.median(at[b] - at[a] for a, b in itertools.pairwise(keys))
         return {**out, "seconds_per_step": out["wall_mean"] if self.sync_cuda else out["cpu_median"]}
 
     def on_fit_end(self, trainer, summary: dict) -> None:
-        if self.out_dir is None:  # a probe that only times or profiles
-            return
-        seen = {"rank": trainer.rank.rank, **self.figures(), **{k: summary.get(k) for k in MEMORY_KEYS}}
+        seen = {"rank": trainer.rank.rank, **self.figures(), **{k: v for k, v in summary.items() if k.endswith("_bytes")}}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.rank.rank}.json").write_text(json.dumps(seen))
 
@@ -113,10 +103,9 @@ def run(overrides: list[str], work: Path, steps: int, warmup: int, sync_cuda: bo
 def run_job(index: int, name: str, overrides: list[str], sweep: Path, timeout: int) -> dict:
     """`python launch.py overrides...` as a user types it (its own process: host memory peaks stay its own), into sweep/NN_name."""
     job_dir = sweep / f"{index:02d}_{name.replace('(', '').replace(')', '')}"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     cmd, start = [sys.executable, str(ROOT / "launch.py"), *overrides, f"hydra.run.dir={job_dir}"], time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=timeout)
         code, out = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
         code, out = "timeout", e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")

@@ -1,20 +1,14 @@
-"""The speed and memory levers through the product (issue 9): torch.compile and activation checkpointing.
+"""The speed and memory levers through the product (issue 9): torch.compile and activation checkpointing, on CPU.
 
-compile: whole runs alternate train.compile=false and true (E C C E ...), each timed by its median
-step's process CPU time (`common.Probe`; wall beside it); compiling happens in the warm-up steps,
-its cost printed apart (the first compiled run compiles cold: the script starts with an empty
-inductor cache). Activation checkpointing: none, full, selective, each with the trainer's own
-activation peak (`SavedActivations`) and step time.
+Runs alternate train.compile=false and true (E C C E ...), timed by their median step's CPU time,
+compilation apart (cold: an empty inductor cache); then activation checkpointing none, full, selective.
 
-    python benchmarks/levers.py                       # CPU, the default model (tiny, shakespeare_char)
-    python benchmarks/levers.py data=shakespeare      # GPT-2's BPE vocabulary: the loss is a bigger share
-    python benchmarks/levers.py --only compile --repeats 3
+    python benchmarks/levers.py [--only compile|ac] [data=shakespeare]
 """
 
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,20 +16,18 @@ from pathlib import Path
 # An empty inductor cache, so that the first compiled run pays the whole compilation, as a new run would.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="nanodist-levers-inductor-"))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, alternate, compose, fmt_bytes, run, tokens_per_step, write_results  # noqa: E402
+from common import RESULTS, alternate, compose, fmt_bytes, run, tokens_per_step, write_results
 
 
 def timed_run(overrides: list[str], args, work: Path) -> dict:
     """One run: rank 0's step figures, its activation peak and final loss, and the wall time outside the timed window."""
     start = time.perf_counter()
     summary, [seen] = run(overrides, work, args.steps, args.warmup)
-    seen["outside_window_s"] = time.perf_counter() - start - seen["wall_mean"] * args.steps
-    seen["final_loss"] = summary.get("final_loss")
-    return seen
+    return {**seen, "outside_window_s": time.perf_counter() - start - seen["wall_mean"] * args.steps, "final_loss": summary.get("final_loss")}
 
 
 def compare_compile(overrides: list[str], args, work: Path, tokens: int) -> dict:
+    """Eager and compiled runs in turn; the speedup by CPU and by wall time per step, and what compiling costs once."""
     runs: dict[str, list[dict]] = {"eager": [], "compiled": []}
     order = [kind for r in range(args.repeats) for kind in alternate(r, "eager", "compiled")]
     for i, kind in enumerate(order):
@@ -55,14 +47,14 @@ def compare_compile(overrides: list[str], args, work: Path, tokens: int) -> dict
 
 
 def compare_ac(overrides: list[str], args, work: Path) -> dict:
+    """One run per activation checkpointing mode: activation peak, CPU time per step, final loss against none's."""
     results = {}
     for mode in ("none", "full", "selective"):
         results[mode] = seen = timed_run([*overrides, f"train.activation_checkpointing={mode}"], args, work / f"ac_{mode}")
         print(f"  {mode:9s} activations/step {fmt_bytes(seen['activation_bytes']):>10s} | CPU {1e3 * seen['cpu_median']:8.2f} ms/step | "
               f"final loss {seen['final_loss']:.4f}")
     base = results["none"]
-    for mode in ("full", "selective"):
-        r = results[mode]
+    for mode, r in list(results.items())[1:]:
         print(f"{mode} / none: activations {r['activation_bytes'] / base['activation_bytes']:.3f}x, "
               f"CPU time per step {r['cpu_median'] / base['cpu_median']:.3f}x, same final loss: {r['final_loss'] == base['final_loss']}")
     lower = all(results[m]["activation_bytes"] < base["activation_bytes"] for m in ("full", "selective"))
@@ -76,16 +68,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run (compilation happens here)")
     ap.add_argument("--repeats", type=int, default=2, help="eager/compiled pairs of runs")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--json", default=None, help="where to write the figures (default benchmarks/results/levers_<device>.json)")
+    ap.add_argument("--json", default=None, help="where to write the figures (default benchmarks/results/levers_cpu.json)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. data=shakespeare")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="nanodist-levers-"))
-    overrides = [f"train.device={args.device}", "train.log_interval=5", *args.overrides]
+    work, overrides = Path(tempfile.mkdtemp(prefix="nanodist-levers-")), ["train.device=cpu", "train.log_interval=5", *args.overrides]
     cfg = compose(overrides, str(work / "cfg"))
     tokens = tokens_per_step(cfg)
     print(f"model={cfg.model.name} data={cfg.data.name} batch={cfg.train.batch_size}x{tokens // cfg.train.batch_size} "
-          f"dtype={cfg.train.dtype} device={args.device} | {args.steps} timed steps per run (+{args.warmup} warm-up)")
+          f"dtype={cfg.train.dtype} device=cpu | {args.steps} timed steps per run (+{args.warmup} warm-up)")
     out = {"benchmark": "levers", "overrides": overrides, "tokens_per_step": tokens, "steps": args.steps, "warmup": args.warmup}
     if args.only in (None, "compile"):
         print("torch.compile per block and of the loss (train.compile):")
@@ -93,7 +83,7 @@ def main() -> None:
     if args.only in (None, "ac"):
         print("activation checkpointing (train.activation_checkpointing):")
         out["activation_checkpointing"] = compare_ac(overrides, args, work)
-    write_results(Path(args.json) if args.json else RESULTS / f"levers_{args.device}.json", out)
+    write_results(Path(args.json) if args.json else RESULTS / "levers_cpu.json", out)
 
 
 if __name__ == "__main__":

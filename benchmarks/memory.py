@@ -1,20 +1,16 @@
 """Per-rank training state under FSDP2: parameters + gradients + optimizer state, fsdp(N) against one process (issue 4).
 
-Real gloo ranks through `nanodist.launch.local.launch`; each reports the trainer's own meter
-(`state_bytes`, after the first update; a DTensor counts its local shard). Target: the largest
-rank of fsdp(N) holds <= 1.05 / N of one process's bytes.
+Gloo ranks through `nanodist.launch.local.launch`, each reporting the trainer's `state_bytes`. Target:
+the largest rank of fsdp(N) holds <= 1.05 / N of one process's bytes.
 
-    python benchmarks/memory.py                 # N = 2 and 4 on CPU
-    python benchmarks/memory.py --sizes 2 4 8 model.n_layer=8
+    python benchmarks/memory.py [--sizes 2 4] [model.n_layer=8 ...]
 """
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, fmt_bytes, run, write_results  # noqa: E402
+from common import RESULTS, fmt_bytes, run, write_results
 
 # Blocks and vocabulary both sizeable, so that no single tensor decides the ratio; seconds per run.
 DEFAULT = ["model=nano", "model.n_embd=256", "model.n_head=4", "model.n_layer=4", "data=synthetic",
@@ -27,8 +23,7 @@ def measure(overrides: list[str], work: Path) -> dict:
     _, ranks = run(overrides, work, steps=1, warmup=1)
     totals = [sum(r[k] for k in KEYS) for r in ranks]
     worst = max(range(len(ranks)), key=totals.__getitem__)
-    return {"ranks": ranks, "max_rank": worst, "max_total": totals[worst], "min_total": min(totals),
-            **{k: ranks[worst][k] for k in KEYS}}
+    return {"ranks": ranks, "max_rank": worst, "max_total": totals[worst], **{k: ranks[worst][k] for k in KEYS}}
 
 
 def main() -> None:

@@ -2,10 +2,9 @@
 
     python benchmarks/pp_bubble.py [--pp 4] [--microbatches 4 8] [--ms 20] [--steps 3]
 
-Stages "compute" by sleeping, so ranks sharing a few cores do not slow one another: F in forward, I
-and W on autograd's input and weight paths (F = I = W = --ms, 1/v of it with v stages per rank). A
-rank's bubble is 1 - (time asleep) / (wall time of the timed steps). Stage placement and schedule
-classes are nanodist.parallel.pp's; ranks start as the product's local launcher starts them.
+Stages sleep instead of computing (F = I = W = --ms, 1/v each with v stages per rank), so ranks on a
+few cores do not slow one another; bubble = 1 - time asleep / wall time. Stage placement, schedules
+and the ranks' start are the product's (nanodist.parallel.pp, nanodist.launch.local).
 """
 
 import argparse
@@ -14,94 +13,83 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.launcher.api import elastic_launch
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import PipelineScheduleSingle
 
 from nanodist.config import PP_SCHEDULES
+from nanodist.launch.local import local_launch_config
 from nanodist.parallel.pp import schedule_class, stage_ids
 
 BUSY = [0.0]  # seconds this process spent "computing" (sleeping inside a stage)
 WIDTH = 8  # hidden size of the toy stages; tiny, so communication stays cheap
 
 
-def busy_sleep(seconds: float) -> None:
-    start = time.perf_counter()
-    time.sleep(seconds)
-    BUSY[0] += time.perf_counter() - start
+class Sleep(torch.autograd.Function):
+    """Identity that sleeps `fwd` seconds in forward and `bwd` seconds in backward, counted in BUSY."""
 
-
-class Work(torch.autograd.Function):
-    """Identity that sleeps `fwd` seconds in forward and `bwd` seconds in backward."""
+    @staticmethod
+    def nap(seconds: float) -> None:
+        start = time.perf_counter()
+        time.sleep(seconds)
+        BUSY[0] += time.perf_counter() - start
 
     @staticmethod
     def forward(ctx, x, fwd: float, bwd: float):
-        busy_sleep(fwd)
+        Sleep.nap(fwd)
         ctx.bwd = bwd
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        busy_sleep(ctx.bwd)
+        Sleep.nap(ctx.bwd)
         return grad, None, None
 
 
 class SleepStage(nn.Module):
-    """out = Work_FI(x @ Work_W(w)): F in forward; I on the activation path, W on the weight path."""
+    """out = Sleep_FI(x @ Sleep_W(w)): F in forward; I on the activation path, W on the weight path."""
 
     def __init__(self, seconds: float):
         super().__init__()
-        self.seconds = seconds
-        self.weight = nn.Parameter(torch.eye(WIDTH))
+        self.seconds, self.weight = seconds, nn.Parameter(torch.eye(WIDTH))
 
     def forward(self, x):
-        h = x @ Work.apply(self.weight, 0.0, self.seconds)
-        return Work.apply(h, self.seconds, self.seconds)
+        return Sleep.apply(x @ Sleep.apply(self.weight, 0.0, self.seconds), self.seconds, self.seconds)
 
 
-def measure(schedule_name: str, pp: int, m: int, seconds: float, steps: int) -> float:
+def measure(name: str, pp: int, m: int, seconds: float, steps: int) -> float:
     """This rank's bubble fraction for one schedule: 1 - busy / wall over `steps` timed steps."""
-    spr = 1 if PP_SCHEDULES[schedule_name] == "single" else 2
-    stages = [PipelineStage(SleepStage(seconds / spr), s, pp * spr, torch.device("cpu"))
-              for s in stage_ids(schedule_name, pp, spr, dist.get_rank())]
-    cls = schedule_class(schedule_name)
-    schedule = cls(stages[0] if issubclass(cls, PipelineScheduleSingle) else stages, n_microbatches=m,
-                   loss_fn=lambda out, y: ((out - y) ** 2).mean())
+    spr = 1 if PP_SCHEDULES[name] == "single" else 2
+    stages = [PipelineStage(SleepStage(seconds / spr), s, pp * spr, torch.device("cpu")) for s in stage_ids(name, pp, spr, dist.get_rank())]
+    cls = schedule_class(name)
+    schedule = cls(stages[0] if issubclass(cls, PipelineScheduleSingle) else stages, n_microbatches=m, loss_fn=lambda out, y: ((out - y) ** 2).mean())
     x, y = torch.randn(m, WIDTH), torch.randn(m, WIDTH)
-    first, last = any(s.is_first for s in stages), any(s.is_last for s in stages)
-
-    def step():
-        schedule.step(*((x,) if first else ()), target=y if last else None)
-
-    step()  # warm-up: metadata inference and communicator set-up
+    inputs, target = (x,) if any(s.is_first for s in stages) else (), y if any(s.is_last for s in stages) else None
+    schedule.step(*inputs, target=target)  # warm-up: metadata inference and communicator set-up
     dist.barrier()
     BUSY[0], start = 0.0, time.perf_counter()
     for _ in range(steps):
-        step()
+        schedule.step(*inputs, target=target)
     dist.barrier()
     return 1 - BUSY[0] / (time.perf_counter() - start)
 
 
 def worker(args) -> list[tuple]:
-    """One rank (started by torch elastic, which sets the rendezvous): every schedule at every m, the mean over ranks."""
+    """One rank (torch elastic set up the rendezvous): every schedule at every m; the bubble is the mean over ranks."""
     dist.init_process_group("gloo")
     rows = []
-    for name in PP_SCHEDULES:
-        for m in args.microbatches:
-            if name == "DualPipeV" and m < 2 * args.pp:  # it needs m >= 2p
-                rows.append((name, m, None))
-                continue
-            bubble = torch.tensor(measure(name, args.pp, m, args.ms / 1000, args.steps))
-            dist.all_reduce(bubble)
-            rows.append((name, m, bubble.item() / args.pp))
+    for name, m in ((name, m) for name in PP_SCHEDULES for m in args.microbatches):
+        if name == "DualPipeV" and m < 2 * args.pp:  # it needs m >= 2p
+            rows.append((name, m, None))
+            continue
+        bubble = torch.tensor(measure(name, args.pp, m, args.ms / 1000, args.steps))
+        dist.all_reduce(bubble)
+        rows.append((name, m, bubble.item() / args.pp))
     dist.destroy_process_group()
     return rows
 
 
 def main() -> None:
-    from torch.distributed.launcher.api import elastic_launch
-
-    from nanodist.launch.local import local_launch_config
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pp", type=int, default=4, help="pipeline ranks")
     parser.add_argument("--microbatches", type=int, nargs="+", default=[4, 8])

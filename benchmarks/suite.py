@@ -1,50 +1,38 @@
 """The strategy matrix at a fixed number of tokens per step (issue 9).
 
-Each strategy runs as a user runs it (`python launch.py ... parallel=... mesh...`) into one sweep
-dir; the table is the sweep report's own (`nanodist.tools.report`). Every job trains the same model
-(untied embeddings, as pipeline stages need) on the same global batch. PASS when every job completes.
+Each strategy runs as `python launch.py ... parallel=... mesh...` into one sweep dir, the same model
+(untied embeddings, as pipeline stages need) on the same batch; the table is `nanodist.tools.report`'s.
 
-    python benchmarks/suite.py                      # CPU: the default matrix below (gloo, up to 4 ranks)
-    python benchmarks/suite.py --all                # + every other pipeline layout and 3d (8 ranks)
-    python benchmarks/suite.py --only single fsdp   # a subset
-    python benchmarks/suite.py --device cuda --gpu-matrix model=gpt2 train.dtype=bfloat16   # one GPU: single vs fsdp(1)
+    python benchmarks/suite.py [--all | --only single fsdp]   # --all: + the other pipeline layouts and 3d (8 ranks)
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, STEP_ONLY, compose, machine, run_job, tokens_per_step, write_results  # noqa: E402
+from common import RESULTS, ROOT, STEP_ONLY, compose, machine, run_job, tokens_per_step, write_results
+
+from nanodist.tools.report import load_sweep, table, write_report
 
 # Small enough for 8 gloo ranks on 2 cores; 8 x 64 = 512 tokens per optimizer step everywhere.
 BASE = ["model=nano", "model.n_embd=128", "model.n_head=4", "model.n_layer=4", "model.block_size=64", "model.tie_embeddings=false",
         "data=synthetic", "data.synthetic_vocab_size=8192", "train.batch_size=8", "train.max_steps=5", "train.log_interval=1", *STEP_ONLY]
-MATRIX = {
-    "single": ["parallel=single"], "ddp": ["parallel=ddp", "mesh.dp_replicate=2"], "fsdp": ["parallel=fsdp", "mesh.dp_shard=2"],
-    "hsdp": ["parallel=hsdp", "mesh=2x2"], "tp": ["parallel=tp", "mesh.tp=2"], "tp_sp": ["parallel=tp_sp", "mesh.tp=2"],
-    "fsdp_tp": ["parallel=fsdp_tp", "mesh=2x2"], "pp_1f1b": ["parallel=pp_1f1b", "mesh.pp=2"],
-}
-EXTRA = {
-    "pp_gpipe": ["parallel=pp_gpipe", "mesh.pp=2"], "pp_interleaved": ["parallel=pp_interleaved", "mesh.pp=2"],
-    "pp_zbv": ["parallel=pp_zbv", "mesh.pp=2"], "pp_fsdp": ["parallel=pp_fsdp", "mesh=2x2"], "pp_tp": ["parallel=pp_tp", "mesh=2x2"],
-    "3d": ["parallel=3d", "mesh=2x2x2"],
-}
-GPU_MATRIX = {"single": ["parallel=single"], "fsdp(1)": ["parallel=fsdp", "mesh.dp_shard=1"]}
+MATRIX = {"single": "parallel=single", "ddp": "parallel=ddp mesh.dp_replicate=2", "fsdp": "parallel=fsdp mesh.dp_shard=2",
+          "hsdp": "parallel=hsdp mesh=2x2", "tp": "parallel=tp mesh.tp=2", "tp_sp": "parallel=tp_sp mesh.tp=2",
+          "fsdp_tp": "parallel=fsdp_tp mesh=2x2", "pp_1f1b": "parallel=pp_1f1b mesh.pp=2"}
+EXTRA = {**{f"pp_{s}": f"parallel=pp_{s} mesh.pp=2" for s in ("gpipe", "interleaved", "zbv")},
+         "pp_fsdp": "parallel=pp_fsdp mesh=2x2", "pp_tp": "parallel=pp_tp mesh=2x2", "3d": "parallel=3d mesh=2x2x2"}
 
 
 def report(sweep: Path, jobs: list[dict]) -> tuple[str, list[dict]]:
     """The sweep report's table (and plots, when they can be drawn), and each job with its summary and losses."""
-    from nanodist.tools.report import load_sweep, table, write_report
-
     report_jobs = load_sweep(sweep)
     try:
         print(f"report with plots: {write_report(sweep, report_jobs).relative_to(ROOT)}")
     except Exception as e:  # plots are a bonus; the table is the result
         print(f"(plots not written: {e})")
     return table(report_jobs), [{**job, "strategy": rj.strategy, "mesh": rj.shape, "status": rj.status, "summary": rj.summary,
-                                 "losses": [r["loss"] for r in rj.records]} for job, rj in zip(jobs, report_jobs)]
+                                 "losses": [r["loss"] for r in rj.records]} for job, rj in zip(jobs, report_jobs, strict=False)]
 
 
 def main() -> None:
@@ -52,22 +40,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--all", action="store_true", help="add the other pipeline layouts and 3d")
     ap.add_argument("--only", nargs="+", default=None, help="strategy names to run")
-    ap.add_argument("--gpu-matrix", action="store_true", help="the one-GPU matrix: single and fsdp(1)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per job")
-    ap.add_argument("--out", default=None, help="results name (default suite_<device>)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job, after the base config")
     args = ap.parse_args()
-    matrix = dict(GPU_MATRIX) if args.gpu_matrix else {**MATRIX, **(EXTRA if args.all else {})}
-    if args.only:
-        matrix = {k: v for k, v in {**MATRIX, **EXTRA, **GPU_MATRIX}.items() if k in args.only}
+    matrix = {k: v for k, v in {**MATRIX, **EXTRA}.items() if k in (args.only or [*MATRIX, *(EXTRA if args.all else [])])}
     common = [*BASE, f"train.device={args.device}", *args.overrides]
     sweep = ROOT / "outputs" / "benchmarks" / time.strftime(f"suite_{args.device}_%Y-%m-%d_%H-%M-%S")
     sweep.mkdir(parents=True, exist_ok=True)
     print(f"sweep dir: {sweep.relative_to(ROOT)}\nevery job: {' '.join(common)}")
     jobs = []
     for i, (name, overrides) in enumerate(matrix.items()):
-        jobs.append(run_job(i, name, [*common, *overrides], sweep, args.timeout))
-        print(f"  {name:<15} exit {jobs[-1]['exit']}  {jobs[-1]['seconds']:6.1f} s  {' '.join(overrides)}")
+        jobs.append(run_job(i, name, [*common, *overrides.split()], sweep, args.timeout))
+        print(f"  {name:<15} exit {jobs[-1]['exit']}  {jobs[-1]['seconds']:6.1f} s  {overrides}")
     md, raw = report(sweep, jobs)
     print(f"\n{md}")
     tokens = tokens_per_step(compose(common, str(sweep / "cfg")))
@@ -79,7 +63,7 @@ def main() -> None:
             print(f"  final loss {e['name']:<15} {loss:.6f} vs single {single:.6f} (rel diff {abs(loss - single) / abs(single):.1e})")
     failed = [e["name"] for e in raw if e["status"] != "completed"]
     print("PASS: every job completed" if not failed else f"FAIL: some jobs did not complete: {', '.join(failed)}")
-    name = args.out or f"suite_{args.device}"
+    name = f"suite_{args.device}"
     write_results(RESULTS / f"{name}.json", {"benchmark": "suite", "common_overrides": common, "tokens_per_step": tokens,
                                              "jobs": raw, "verdict": "FAIL" if failed else "PASS"})
     (RESULTS / f"{name}.md").write_text(f"# Strategy suite ({args.device})\n\n{machine()}\n\nEvery job: `{' '.join(common)}` "
