@@ -23,8 +23,9 @@ $(VENV)/.installed: pyproject.toml
 train: setup
 	$(PY) launch.py
 
+# Two tests at a time (the SLURM ones one after another: they share the cluster); many tests mostly wait.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 # The multi-process tests (SLURM ones included when a cluster is up), 20 rounds in a row: gloo
 # teardown must never abort a run. Three tests at a time (the SLURM ones one after another, they
