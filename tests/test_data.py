@@ -1,10 +1,14 @@
-"""Tokenizers and the distributed loader."""
+"""Tokenizers, the distributed loader, and the data/<name>/prepare.py scripts."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import ROOT, SHARED_DATA, subprocess_env
 from omegaconf import OmegaConf
 
 from nanodist.data.tokenizer import CharTokenizer, GPT2Tokenizer
@@ -57,17 +61,16 @@ def test_a_steps_batch_depends_on_the_step_alone_so_a_resumed_loader_needs_no_st
     assert not torch.equal(loader().micro_batches(2)[0][0], loader().micro_batches(3)[0][0])
 
 
-def test_prepare_script_writes_the_char_dataset_where_dir_says(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT, subprocess_env
-
-    out = tmp_path / "sc"
+def prepare_script(*arguments: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    """`python data/shakespeare_char/prepare.py arguments...` as a user runs it."""
     script = ROOT / "data" / "shakespeare_char" / "prepare.py"
-    # From another cwd: the script finds the project itself.
-    result = subprocess.run([sys.executable, str(script), f"dir={out}"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, str(script), *arguments], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_prepare_script_writes_the_char_dataset_where_dir_says(tmp_path):
+    out = tmp_path / "sc"
+    result = prepare_script(f"dir={out}", cwd=tmp_path)  # from another cwd: the script finds the project itself
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "meta.json").read_text())["vocab_size"] == 65
     train, val = ((out / f"{split}.bin").stat().st_size // 2 for split in ("train", "val"))
@@ -77,14 +80,16 @@ def test_prepare_script_writes_the_char_dataset_where_dir_says(tmp_path):
 
 @pytest.mark.parametrize("argument", ["vocab=65", "data.dir=/tmp/x", "max_bytes=lots", "force=maybe"])
 def test_prepare_script_refuses_a_bad_argument_in_one_line(tmp_path, argument):
-    import subprocess
-    import sys
-
-    from conftest import ROOT, subprocess_env
-
-    script = ROOT / "data" / "shakespeare_char" / "prepare.py"
-    cmd = [sys.executable, str(script), f"dir={tmp_path / 'sc'}", argument]
-    result = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    result = prepare_script(f"dir={tmp_path / 'sc'}", argument)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "sc").exists()  # refused before anything was written
+
+
+def test_a_forced_preparation_whose_source_is_gone_keeps_the_prepared_dataset(tmp_path):
+    out = tmp_path / "sc"
+    assert prepare_script(f"dir={out}").returncode == 0
+    before = (out / "meta.json").read_text()
+    result = prepare_script(f"dir={out}", f"source={tmp_path / 'missing.txt'}", "force=true")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert (out / "meta.json").read_text() == before

@@ -51,9 +51,12 @@ def read_meta(data_cfg) -> dict:
     return json.loads((data_dir(data_cfg) / "meta.json").read_text())
 
 
-def ensure_prepared(data_cfg, log: Callable[[str], None] = print) -> dict:
-    """Prepare the dataset if its files are missing; return its meta."""
-    if not is_prepared(data_cfg):
+def ensure_prepared(data_cfg, log: Callable[[str], None] = print, force: bool = False) -> dict:
+    """Prepare the dataset if its files are missing (or `force`); return its meta.
+
+    A preparer reads its source before it touches the old files, so a forced preparation whose
+    source cannot be read leaves the prepared dataset as it was."""
+    if force or not is_prepared(data_cfg):
         if data_cfg.name not in PREPARERS:
             raise DatasetUnavailable(f"data={data_cfg.name} has no preparation step; pick one of {sorted(PREPARERS)}.")
         log(f"preparing data={data_cfg.name} into {data_dir(data_cfg)}")
@@ -62,17 +65,15 @@ def ensure_prepared(data_cfg, log: Callable[[str], None] = print) -> dict:
 
 
 def prepare_once(data_cfg, log: Callable[[str], None] = print, force: bool = False) -> dict:
-    """`ensure_prepared` (or, with `force`, a fresh preparation) under a file lock in the data dir, so
-    that processes starting together (torchrun or SLURM ranks, a prepare script) prepare it once."""
+    """`ensure_prepared` under a file lock in the data dir, so that processes starting together
+    (torchrun or SLURM ranks, a prepare script) prepare it once."""
     if data_cfg.name == "synthetic":
         return read_meta(data_cfg)
     out = data_dir(data_cfg)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".prepare.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if force:
-            (out / "meta.json").unlink(missing_ok=True)
-        return ensure_prepared(data_cfg, log=log)
+        return ensure_prepared(data_cfg, log=log, force=force)
 
 
 def locate_source(name: str, relative: str, explicit: Optional[str], url: Optional[str], max_bytes: Optional[int]) -> bytes:
@@ -133,12 +134,15 @@ def prepare_shakespeare(data_cfg) -> None:
 
 def prepare_tinystories(data_cfg) -> None:
     tokenizer = GPT2Tokenizer(data_cfg.tokenizer_file)
-    out = _fresh_dir(data_cfg)
+    splits = {}
     for split, url in TINYSTORIES_URLS.items():
         source = data_cfg.source and os.path.join(data_cfg.source, Path(url).name)
         raw = locate_source("tinystories", f"tinystories/{Path(url).name}", source, url, data_cfg.max_bytes)
         stories = [s.strip() for s in raw.decode(errors="ignore").split(EOT_TOKEN) if s.strip()]
-        write_split(out, split, _join_documents(tokenizer.encode_batch(stories)))
+        splits[split] = _join_documents(tokenizer.encode_batch(stories))
+    out = _fresh_dir(data_cfg)
+    for split, ids in splits.items():
+        write_split(out, split, ids)
     write_meta(out, vocab_size=tokenizer.vocab_size, tokenizer="gpt2")
 
 
