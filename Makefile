@@ -29,7 +29,7 @@ test: setup
 
 # The multi-process tests (SLURM ones included when a cluster is up), 20 rounds in a row: gloo
 # teardown must never abort a run. Three tests at a time (the SLURM ones one after another, they
-# share the cluster): 6-12 minutes a round on 2 cores.
+# share the cluster): 10-12 minutes a round on 2 cores.
 SOAK_ROUNDS ?= 20
 soak: setup
 	for i in $$(seq $(SOAK_ROUNDS)); do \
