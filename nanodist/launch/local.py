@@ -27,10 +27,7 @@ from nanodist.launch.preemption import Preemption
 from nanodist.launch.slurm import join_slurm_job
 from nanodist.parallel.dims import ParallelDims
 from nanodist.parallel.process_group import RankInfo, rank_info
-from nanodist.tools.dryrun import dry_run
 from nanodist.train.callbacks import Callback
-from nanodist.train.checkpoint import check_resume_from
-from nanodist.train.run import run
 
 log = logging.getLogger("nanodist")
 
@@ -57,8 +54,12 @@ def start(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Optional[dict]
     default_logger_group(cfg)
     validate(cfg, world_size)
     if cfg.checkpoint.resume_from:
+        from nanodist.train.checkpoint import check_resume_from  # DCP's imports: only when asked (see `worker`)
+
         check_resume_from(cfg.checkpoint.resume_from, cfg.model)
     if cfg.dry_run:
+        from nanodist.tools.dryrun import dry_run  # imported when used: see `worker`
+
         return dry_run(OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True)))
     validate_vocab(cfg, prepare_once(cfg.data, log=print)["vocab_size"])
     run_cfg = OmegaConf.to_yaml(cfg, resolve=True)  # workers cannot resolve Hydra's interpolations
@@ -73,6 +74,10 @@ def start(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Optional[dict]
 @record  # writes a failing rank's error where elastic_launch finds it, for `describe_error`
 def worker(run_cfg: str, rank: Optional[RankInfo] = None, callbacks: Sequence[Callback] = ()) -> dict:
     """One rank's whole life; importable, so elastic launch and submitit can start it."""
+    # Imported in the rank, not at the top: the trainer costs a launch ~2 s of imports, which a
+    # launch that starts its ranks elsewhere (or stops at a config error) would pay for nothing.
+    from nanodist.train.run import run
+
     preemption = Preemption.install()  # inside a SLURM job: checkpoint, then requeue, at its time-limit signal
     return run(OmegaConf.create(run_cfg), rank or rank_info(), [*callbacks, *([preemption] if preemption else [])])
 
