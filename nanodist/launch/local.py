@@ -54,7 +54,8 @@ def start(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Optional[dict]
     default_logger_group(cfg)
     validate(cfg, world_size)
     if cfg.checkpoint.resume_from:
-        from nanodist.train.checkpoint import check_resume_from  # DCP's imports: only when asked (see `worker`)
+        # DCP's imports only when asked (see `worker`).
+        from nanodist.train.checkpoint import check_resume_from
 
         check_resume_from(cfg.checkpoint.resume_from, cfg.model)
     if cfg.dry_run:

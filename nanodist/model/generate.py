@@ -31,6 +31,17 @@ def generate(next_logits: Callable[[torch.Tensor], torch.Tensor], ids: torch.Ten
     return ids
 
 
+def generate_text(next_logits: Callable[[torch.Tensor], torch.Tensor], tokenizer, prompt: str, new_tokens: int,
+                  seed: int, device: torch.device, temperature: float = 0.8, top_k: int = 200) -> str:
+    """`prompt` and `new_tokens` sampled tokens after it, as text (an empty prompt starts from token 0).
+
+    Ids past the tokenizer's vocabulary (the padding rows of a padded vocabulary) decode as its last token.
+    A prompt the tokenizer cannot encode raises its KeyError."""
+    ids = torch.tensor([tokenizer.encode(prompt) or [0]], dtype=torch.long, device=device)
+    out = generate(next_logits, ids, new_tokens, seed, temperature, top_k)
+    return tokenizer.decode([min(i, tokenizer.vocab_size - 1) for i in out[0].tolist()])
+
+
 def padded_window(ids: torch.Tensor, block_size: int, pad_to: int) -> tuple[torch.Tensor, int]:
     """The last tokens of `ids` that fit the block (a multiple of `pad_to`), right-padded to a multiple of
     `pad_to`, and how many of them are real."""

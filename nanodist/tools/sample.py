@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from nanodist.data import tokenizer_for
-from nanodist.model import generate
+from nanodist.model import generate_text
 from nanodist.model.generate import next_token_logits
 from nanodist.parallel.process_group import pick_device
 from nanodist.tools.cli import parse_key_values
@@ -44,15 +44,12 @@ def main(argv: list[str] | None = None) -> str:
     tokenizer = tokenizer_for(tokenizer_meta, tokenizer_meta.get("tokenizer_file"))
     if tokenizer is None:
         sys.exit("error: this model was trained on synthetic tokens and has no tokenizer to sample text with.")
+    model.eval()
     try:
-        prompt = tokenizer.encode(args["prompt"]) or [0]
+        text = generate_text(lambda ids: next_token_logits(model, ids), tokenizer, args["prompt"], args["max_new_tokens"],
+                             args["seed"], device, args["temperature"], args["top_k"])
     except KeyError as err:
         sys.exit(f"error: the prompt holds {err}, which the model's character vocabulary lacks.")
-    ids = torch.tensor([prompt], dtype=torch.long, device=device)
-    model.eval()
-    out = generate(lambda context: next_token_logits(model, context), ids, args["max_new_tokens"], args["seed"],
-                   args["temperature"], args["top_k"])
-    text = tokenizer.decode([min(i, tokenizer.vocab_size - 1) for i in out[0].tolist()])
     print(text)
     return text
 

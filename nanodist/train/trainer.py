@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 from nanodist.config import seq_len_of
-from nanodist.data import read_meta
-from nanodist.model import flops_per_token, gpt_config, num_params
+from nanodist.data import read_meta, tokenizer_for
+from nanodist.model import flops_per_token, generate_text, gpt_config, num_params
 from nanodist.parallel.clip import clip_grad_norm_
 from nanodist.parallel.dims import ParallelDims
 from nanodist.parallel.parallelize import set_gradient_sync
@@ -40,7 +40,6 @@ from nanodist.train.meters import (
 from nanodist.train.metrics import MetricsLog
 from nanodist.train.optim import build_optimizer, lr_at
 from nanodist.train.rng import rank_seed
-from nanodist.train.sample import sample_text
 from nanodist.train.state import TrainState
 
 log = logging.getLogger("nanodist")
@@ -239,11 +238,26 @@ class Trainer:
         """The summary, the text sample, the callbacks' last word; summary.json on rank 0."""
         summary = self.summary()
         if self.cfg.train.sample_tokens > 0:
-            summary["sample"] = sample_text(self.runner, self.cfg, self.data_meta, self.device)
+            summary["sample"] = self.sample()
             log.info("sample:\n" + summary["sample"])
         self.callbacks("on_fit_end", self, summary)
         self.metrics.close()
         return summary
+
+    @torch.no_grad()
+    def sample(self) -> str:
+        """`train.sample_tokens` tokens after `train.sample_prompt`, every rank in step through the runner;
+        "" for synthetic data (no tokenizer)."""
+        t = self.cfg.train
+        tokenizer = tokenizer_for(self.data_meta, self.cfg.data.tokenizer_file)
+        if tokenizer is None:
+            return ""
+        for part in self.runner.parts:
+            part.eval()
+        text = generate_text(self.runner.next_logits, tokenizer, t.sample_prompt, t.sample_tokens, t.seed, self.device)
+        for part in self.runner.parts:
+            part.train()
+        return text
 
     def summary(self) -> dict:
         """How the run went, over all its attempts (a resumed run's totals include the earlier ones)."""
