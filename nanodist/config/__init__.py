@@ -18,7 +18,6 @@ from nanodist.config.validate import (
 )
 
 __all__ = [
-    "MESH_DIMS", "PP_SCHEDULES", "Config", "ConfigError", "OptimConfig", "padded_vocab_size", "pipeline_microbatches", "register_configs",
-    "seq_len_of",
-    "register_resolvers", "resolved_mesh", "spread_ranks", "validate", "validate_vocab",
+    "MESH_DIMS", "PP_SCHEDULES", "Config", "ConfigError", "OptimConfig", "padded_vocab_size", "pipeline_microbatches",
+    "register_configs", "register_resolvers", "resolved_mesh", "seq_len_of", "spread_ranks", "validate", "validate_vocab",
 ]

@@ -10,4 +10,7 @@ from nanodist.data.prepare import (
 )
 from nanodist.data.tokenizer import CharTokenizer, GPT2Tokenizer, tokenizer_for
 
-__all__ = ["CharTokenizer", "DatasetUnavailable", "GPT2Tokenizer", "data_dir", "ensure_prepared", "is_prepared", "prepare_once", "read_meta", "tokenizer_for"]
+__all__ = [
+    "CharTokenizer", "DatasetUnavailable", "GPT2Tokenizer", "data_dir", "ensure_prepared", "is_prepared", "prepare_once",
+    "read_meta", "tokenizer_for",
+]

@@ -179,7 +179,6 @@ def prepare_openwebtext(data_cfg) -> None:
     write_meta(out, vocab_size=tokenizer.vocab_size, tokenizer="gpt2")
 
 
-
 def _join_documents(token_lists: list[list[int]]) -> np.ndarray:
     """Documents separated by <|endoftext|>, as GPT-2 was trained."""
     total = sum(len(t) + 1 for t in token_lists)

@@ -133,11 +133,7 @@ def check_resume_from(path: str, model_cfg) -> None:
 
 def param_names(parts: list[nn.Module]) -> dict[nn.Parameter, str]:
     """Each parameter's name in the full model, over all the model parts (pipeline stages) of a rank."""
-    names = {}
-    for part in parts:
-        for name, param in part.named_parameters():
-            names[param] = name
-    return names
+    return {param: name for part in parts for name, param in part.named_parameters()}
 
 
 def optimizer_state(parts: list[nn.Module], optimizer: torch.optim.Optimizer) -> dict:

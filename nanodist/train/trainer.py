@@ -99,7 +99,6 @@ class Trainer:
         self.first_step, self.activations, self.state_bytes = self.state.step, SavedActivations(), {}
         self.measured_step = min(self.first_step + 1, max(self.first_step, t.max_steps - 1))
         self.timed_this_attempt = False  # this attempt's first logged step carries its warm-up
-        self.attempt_start, self.wall_before = time.perf_counter(), self.state.wall_time_s
         log.info(f"model {c.n_layer}L/{c.n_head}H/{c.n_embd}d, vocab {c.vocab_size}, {num_params(c) / 1e6:.2f}M params | "
                  f"parallel={self.cfg.parallel.name} mesh pp={d.pp} dp_replicate={d.dp_replicate} dp_shard={d.dp_shard} "
                  f"tp={d.tp} | device {self.device}")
@@ -229,10 +228,14 @@ class Trainer:
 
     def save(self, final: bool = False) -> None:
         """A checkpoint of the current step, when due (or `final`), with the Trainer's state."""
-        self.state.wall_time_s = self.wall_before + time.perf_counter() - self.attempt_start
+        self.clock_wall_time()
         path = self.checkpointer.maybe_save(self.state.step, self.state.state_dict(), final=final)
         if path is not None:
             self.callbacks("on_save", self, self.state.step, path)
+
+    def clock_wall_time(self) -> None:
+        """The state's training time: the earlier attempts' plus this one's so far."""
+        self.state.wall_time_s = self.wall_before + time.perf_counter() - self.attempt_start
 
     def finish(self) -> dict:
         """The summary, the text sample, the callbacks' last word; summary.json on rank 0."""
@@ -262,7 +265,7 @@ class Trainer:
     def summary(self) -> dict:
         """How the run went, over all its attempts (a resumed run's totals include the earlier ones)."""
         cfg, s, d = self.cfg, self.state, self.dims
-        s.wall_time_s = self.wall_before + time.perf_counter() - self.attempt_start
+        self.clock_wall_time()
         return {
             "status": "completed" if self.error is None else "diverged",
             "error": self.error,
