@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from common import RESULTS, STEP_ONLY, Probe, alternate, compose, run, tokens_per_step, write_results
 
+from nanodist.config import seq_len_of
 from nanodist.data import read_meta
 from nanodist.model import GPT, gpt_config
 from nanodist.train.callbacks import Callback
@@ -30,7 +31,7 @@ def reference_steps(cfg, device: torch.device, total: int, compile_blocks: bool)
     """The minimal loop, `total` steps, as a generator: each `next` runs one step and yields its index."""
     t, o = cfg.train, cfg.optim
     config = gpt_config(cfg, read_meta(cfg.data)["vocab_size"])
-    loader = TokenLoader(cfg.data, "train", t.seq_len or config.block_size, BatchLayout(t.batch_size, 1, 1, 0), t.seed, config.vocab_size)
+    loader = TokenLoader(cfg.data, "train", seq_len_of(cfg), BatchLayout(t.batch_size, 1, 1, 0), t.seed, config.vocab_size)
     batches = [[z.to(device) for z in loader.micro_batches(i)[0]] for i in range(total)]  # on the device up front
     model = GPT(config).to(device)
     model.init_weights(t.seed)
