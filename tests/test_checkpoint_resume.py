@@ -4,7 +4,8 @@
   run never killed. Single process: SIGKILL the run, start it again in the same run dir (what a
   requeue does). Several ranks: SIGKILL one rank and let the elastic launcher restart them all
   (train.max_restarts=1).
-- A checkpoint saved under fsdp(2) continues under other layouts (DCP reshards it).
+- A checkpoint saved under fsdp(2) or pp(2) continues under other layouts (DCP reshards it); the
+  model is tied, so pp(2) holds the embedding on its first stage and the head's copy on its last.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed.checkpoint as dcp
 from conftest import NANO, ROOT, launch, read_metrics, read_summary, subprocess_env
 
 STEPS, EVERY = 12, 4
-COMMON = [*NANO, "model.tie_embeddings=false", f"train.max_steps={STEPS}", "train.batch_size=8", "train.log_interval=1",
+COMMON = [*NANO, f"train.max_steps={STEPS}", "train.batch_size=8", "train.log_interval=1",
           "train.eval_interval=0", "optim.warmup_steps=2", "optim.lr=3e-3", f"checkpoint.interval={EVERY}"]
 
 # Killed and resumed, each against its own uninterrupted run. Dropout in one row: the RNG must come
@@ -31,23 +34,21 @@ KILLED = {
     "fsdp(2)": ["parallel=fsdp", "mesh.dp_shard=2", "checkpoint.async_save=true"],
     "pp(2)": ["parallel=pp_1f1b", "mesh.pp=2"],
 }
-# Layouts that continue fsdp(2)'s step-4 checkpoint.
-RESHARDED = {
-    "tp(2)": ["parallel=tp", "mesh.tp=2"],
-    "single": ["parallel=single"],
-    "pp(2)": ["parallel=pp_1f1b", "mesh.pp=2"],
-}
+LAYOUTS = {**KILLED, "tp(2)": ["parallel=tp", "mesh.tp=2"], "single": ["parallel=single"], "cp(2)": ["parallel=cp", "mesh.cp=2"]}
+# (the layout that saved the step-4 checkpoint, the layout that continues it)
+RESHARDED = [("fsdp(2)", "tp(2)"), ("fsdp(2)", "single"), ("fsdp(2)", "pp(2)"), ("pp(2)", "single"), ("pp(2)", "fsdp(2)"),
+             ("fsdp(2)", "cp(2)"), ("cp(2)", "fsdp(2)")]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """The run dir of an uninterrupted run of a KILLED layout, run once per module."""
+    """The run dir of an uninterrupted run of a layout (a KILLED one as killed), run once per module."""
     runs: dict[str, Path] = {}
 
     def run(name: str) -> Path:
         if name not in runs:
             runs[name] = tmp_path_factory.mktemp("uninterrupted")
-            launch(runs[name], *COMMON, *KILLED[name])
+            launch(runs[name], *COMMON, *KILLED.get(name, LAYOUTS[name]))
         return runs[name]
 
     return run
@@ -118,12 +119,24 @@ def test_killed_run_resumes_bitwise(name, uninterrupted, tmp_path):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("name", RESHARDED)
-def test_fsdp_checkpoint_continues_under_another_layout(name, uninterrupted, tmp_path):
-    source = uninterrupted("fsdp(2)") / "checkpoints" / f"step_{EVERY:07d}"
-    launch(tmp_path, *COMMON, *RESHARDED[name], f"checkpoint.resume_from={source}")
+@pytest.mark.parametrize("saved,continued", RESHARDED, ids=[f"{a}->{b}" for a, b in RESHARDED])
+def test_checkpoint_continues_under_another_layout(saved, continued, uninterrupted, tmp_path):
+    source = uninterrupted(saved) / "checkpoints" / f"step_{EVERY:07d}"
+    launch(tmp_path, *COMMON, *LAYOUTS[continued], f"checkpoint.resume_from={source}")
     assert resumed_step(tmp_path) == EVERY
     ours, theirs = losses_by_step(tmp_path), losses_by_step(source.parent.parent)
     assert sorted(ours) == list(range(EVERY, STEPS))
     for step in range(EVERY, STEPS):
         assert ours[step] == pytest.approx(theirs[step], rel=1e-5), f"loss at step {step}"
+
+
+@pytest.mark.multiprocess
+def test_tied_copies_on_first_and_last_stage_stay_equal(uninterrupted):
+    """pp(2) trains the embedding on rank 0 and the head's copy on rank 1; after 12 updates they are one weight."""
+    final = uninterrupted("pp(2)") / "checkpoints" / f"step_{STEPS:07d}"
+    shape = (128, 32)  # nano's embedding: synthetic vocabulary x n_embd
+    state = {"model": {"transformer.wte.weight": torch.zeros(shape), "lm_head.weight": torch.zeros(shape)}}
+    dcp.load(state, checkpoint_id=final, no_dist=True)
+    embedding, head = state["model"]["transformer.wte.weight"], state["model"]["lm_head.weight"]
+    assert embedding.abs().sum() > 0
+    assert torch.equal(embedding, head)

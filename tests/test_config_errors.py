@@ -20,6 +20,15 @@ BAD_INPUTS = [
     ("tp_heads", ["parallel=tp", "mesh.tp=3", "model.n_head=4"], "model.n_head=4 is not divisible by mesh.tp=3"),
     ("tp_vocab", ["parallel=tp", "mesh.tp=2", "data.synthetic_vocab_size=127"], "vocabulary of 127 tokens cannot be split"),
     ("sp_seq", ["parallel=tp_sp", "mesh.tp=2", "train.seq_len=31"], "does not divide it"),
+    ("fused_loss_under_tp", ["parallel=tp", "mesh.tp=2", "train.fused_loss_chunk=64"], "which parallel=tp splits"),
+    ("vocab_below_data", ["model.vocab_size=100"], "model.vocab_size=100 is smaller than data=synthetic's 128 tokens"),
+    ("cp_seq", ["parallel=cp", "mesh.cp=2", "train.seq_len=30"], "cuts each 30-token sequence into 2 x mesh.cp = 4"),
+    ("cp_one_rank", ["parallel=cp", "mesh.cp=1"], "parallel=cp splits sequences over mesh.cp ranks but mesh.cp=1"),
+    ("cp_dropout", ["parallel=cp", "mesh.cp=2", "model.dropout=0.1"], "model.dropout=0.1 cannot match one process"),
+    ("cp_without_strategy", ["parallel=fsdp", "mesh.cp=2"], "mesh.cp=2 needs a context-parallel strategy"),
+    ("cp_with_ddp", ["parallel=cp", "mesh.cp=2", "parallel.data_parallel=ddp"], "not DDP or HSDP"),
+    ("cp_sp_seq", ["parallel=fsdp_tp_cp", "mesh.shape=1x2x4", "train.seq_len=12"],
+     "splits the 6-token sequence over mesh.tp=4"),
 ]
 
 

@@ -37,7 +37,7 @@ def dry_run_in_process(tmp_path, *overrides: str) -> dict:
 @pytest.mark.parametrize(
     "overrides",
     [["parallel=fsdp", "mesh.dp_shard=2", "train.profile_steps=[1]"],
-     ["parallel=pp_gpipe", "mesh.pp=2", "model.tie_embeddings=false"]],
+     ["parallel=pp_gpipe", "mesh.pp=2"]],
     ids=["fsdp(2)", "pp_gpipe(2)"],
 )
 def test_estimate_equals_real_run(overrides, tmp_path):
@@ -66,7 +66,7 @@ def test_dry_run_of_64_ranks_from_the_command_line(tmp_path):
 
 
 def test_dry_run_3d_gives_every_pipeline_rank(tmp_path):
-    report = dry_run_in_process(tmp_path, "model=nano", "model.tie_embeddings=false", "data=synthetic",
+    report = dry_run_in_process(tmp_path, "model=nano", "data=synthetic",
                                 "data.synthetic_vocab_size=128", "parallel=3d", "mesh=2x2x2", "train.batch_size=8",
                                 "parallel.pp.n_microbatches=2")
     assert report["world_size"] == 8

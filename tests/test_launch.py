@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 from conftest import NANO, ROOT, launch, read_metrics, read_summary, subprocess_env
@@ -23,6 +27,53 @@ def test_torchrun_gives_the_same_run_as_launch_py_in_one_run_dir(tmp_path):
     assert [r["loss"] for r in read_metrics(run_dir)] == [r["loss"] for r in read_metrics(tmp_path / "local")]
     assert {p.name for p in run_dir.glob("rank*.log")} == {"rank0.log", "rank1.log"}
     assert read_summary(run_dir)["world_size"] == 2
+
+
+DDP2 = [*NANO, "parallel=ddp", "mesh.dp_replicate=2", "train.eval_interval=0", "train.batch_size=8"]
+
+
+def start_ranks(how: str, run_dir, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Two ranks of `python launch.py overrides...`, started by launch.py itself ("local") or by torchrun,
+    whose agent's log dir goes where a local launch puts torch elastic's, as the README says."""
+    runner = [] if how == "local" else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                        f"--log-dir={run_dir / 'torchelastic'}"]
+    cmd = [sys.executable, *runner, str(ROOT / "launch.py"), *overrides, f"hydra.run.dir={run_dir}"]
+    return subprocess.run(cmd, cwd=ROOT, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("how", ["local", "torchrun"])
+def test_a_finished_run_leaves_nothing_in_tmp(how, tmp_path):
+    """torch elastic's folders go into the run dir, torchrun's rank>0 Hydra dirs are removed.
+
+    The run's own TMPDIR tells its leftovers from those of tests running beside it. It is short, and
+    not under tmp_path: the ranks' forkserver puts a unix socket there (at most 107 bytes of path).
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="nd-"))
+    try:
+        result = start_ranks(how, tmp_path / "run", *DDP2, "train.max_steps=2", env={"TMPDIR": str(scratch)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        left = sorted(p.name for p in scratch.iterdir() if p.name.startswith(("torchelastic_", "nanodist-rank-")))
+        assert left == [], left
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("how", ["local", "torchrun"])
+def test_a_rank_that_raises_ends_the_job_at_once_and_is_named(how, tmp_path):
+    """Rank 1 of 2 raises at step 3 with the collective timeout at 10 minutes: every rank ends within seconds."""
+    result = start_ranks(how, tmp_path, *DDP2, "train.max_steps=1000", "train.collective_timeout_s=600",
+                         "train.fault=1:3:step:raise")
+    ended_at = time.time()
+    assert result.returncode != 0
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "failed" and summary["failed_rank"] == 1
+    assert summary["error"].startswith("rank 1 failed: RuntimeError: injected fault on rank 1 at step 3"), summary["error"]
+    assert ended_at - (tmp_path / "summary.json").stat().st_mtime < 30, "the job outlived the failure"
+    assert summary["error"] in (tmp_path / "rank0.log").read_text(), "rank 0 says which rank failed first"
+    if how == "local":
+        assert result.stderr.strip().splitlines()[-1] == f"error: {summary['error']}"
 
 
 @pytest.mark.multiprocess

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 PACKAGE = Path(__file__).resolve().parent.parent / "nanodist"
 
 # Lowest first.
-LAYERS = ("config", "data", "model", "parallel", "train", "tools", "launch")
+LAYERS = ("config", "data", "model", "parallel", "train", "tools", "plan", "launch")
 
 
 def module_name(root: Path, path: Path) -> str:

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanodist.model import GPT, GPTConfig, num_params
+from nanodist.model import GPT, GPTConfig, cross_entropy, num_params
+from nanodist.model.loss import chunked_linear_cross_entropy
 
 CONFIG = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50)
 
@@ -85,3 +86,32 @@ def test_parameter_names_follow_hugging_face_gpt2():
             "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.bias",
             "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_proj.weight",
             "transformer.ln_f.weight"} <= names
+
+
+def test_padded_vocabulary_is_left_out_of_the_loss():
+    """Padding columns, whatever their logits, change neither the loss nor its gradient."""
+    logits = torch.randn(2, 5, 72, requires_grad=True)
+    targets = torch.randint(0, 65, (2, 5))
+    padded = cross_entropy(logits, targets, true_vocab_size=65)
+    padded.backward()
+    unpadded = F.cross_entropy(logits[..., :65].flatten(0, 1), targets.flatten())
+    assert padded.item() == pytest.approx(unpadded.item(), rel=1e-6)
+    assert cross_entropy(logits, targets).item() != pytest.approx(padded.item(), rel=1e-3)  # the padding mattered
+    assert logits.grad[..., 65:].abs().max() == 0
+
+
+@pytest.mark.parametrize("chunk", [5, 14, 64], ids=["uneven-chunks", "one-chunk", "chunk-past-the-end"])
+@pytest.mark.parametrize("true_vocab", [None, 65], ids=["whole-vocab", "padded"])
+def test_chunked_linear_cross_entropy_equals_the_plain_loss(chunk, true_vocab):
+    """Same loss and gradients (fp32, rtol 1e-5) as the head's matmul followed by the plain loss."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 7, 16, generator=gen, requires_grad=True)
+    weight = torch.randn(72, 16, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 65, (2, 7), generator=gen)
+    plain = cross_entropy(hidden @ weight.t(), targets, true_vocab)
+    grads = torch.autograd.grad(3 * plain, (hidden, weight))
+    fused = chunked_linear_cross_entropy(hidden, weight, targets, chunk, true_vocab)
+    fused_grads = torch.autograd.grad(3 * fused, (hidden, weight))
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=0)
+    for ours, theirs in zip(fused_grads, grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)

@@ -2,9 +2,10 @@
 
 One table, one test: each row is a strategy and mesh, run for real through launch.py (spawned
 gloo ranks on CPU) on the same global batch, and compared step by step with the single-process
-run of the same model. Pipeline rows train an untied model (a tie would span the first and last
-stage, which nanodist refuses), so their reference is the untied single-process run.
-Tolerance rtol 1e-5; measured differences are ~1e-7 (fp32 reduction order only).
+run of the same model. Pipeline rows run twice: tied (the embedding on the first stage and the
+head's copy on the last, their gradients summed) and untied, each against the single-process run
+of the same model. Tolerance rtol 1e-5; measured differences are ~1e-7 (fp32 reduction order only),
+~1e-6 in the context-parallel rows (attention summed block by block, not by SDPA's fused kernel).
 """
 
 from __future__ import annotations
@@ -21,26 +22,49 @@ TIED, UNTIED = (), ("model.tie_embeddings=false",)
 NO_DUALPIPEV = pytest.mark.skipif(not hasattr(pipelining, "ScheduleDualPipeV"), reason="this torch has no DualPipeV")
 
 # (id, strategy overrides, model overrides shared with the single-process reference[, marks])
-STRATEGIES = [
+NON_PIPELINED = [
     ("ddp(2)", ["parallel=ddp", "mesh.dp_replicate=2"], TIED),
     ("fsdp(2)", ["parallel=fsdp", "mesh.dp_shard=2"], TIED),
     ("hsdp(2x2)", ["parallel=hsdp", "mesh=2x2"], TIED),
     ("fsdp(2)+accum(2)", ["parallel=fsdp", "mesh.dp_shard=2", "train.grad_accum=2"], TIED),
+    # The head fused into a chunked loss (100 of 256 tokens per chunk), against the plain loss of one process.
+    ("fsdp(2)+fused loss", ["parallel=fsdp", "mesh.dp_shard=2", "train.fused_loss_chunk=100"], TIED),
     ("tp(2)", ["parallel=tp", "mesh.tp=2"], TIED),
     ("tp_sp(2)", ["parallel=tp_sp", "mesh.tp=2"], TIED),
     ("fsdp_tp(2x2)", ["parallel=fsdp_tp", "mesh=2x2"], TIED),
-    # nano has 4 layers: pp=2 with 2 stages per rank gives one layer per virtual stage.
-    ("pp_gpipe(2)", ["parallel=pp_gpipe", "mesh.pp=2"], UNTIED),
-    ("pp_1f1b(2)", ["parallel=pp_1f1b", "mesh.pp=2"], UNTIED),
-    ("pp_1f1b(2)+accum(2)", ["parallel=pp_1f1b", "mesh.pp=2", "train.grad_accum=2"], UNTIED),
-    ("pp_interleaved(2x2 stages)", ["parallel=pp_interleaved", "mesh.pp=2"], UNTIED),
-    ("pp_looped_bfs(2x2 stages)", ["parallel=pp_looped_bfs", "mesh.pp=2"], UNTIED),
-    ("pp_interleaved_zb(2x2 stages)", ["parallel=pp_interleaved_zb", "mesh.pp=2"], UNTIED),
-    ("pp_zbv(2, V)", ["parallel=pp_zbv", "mesh.pp=2"], UNTIED),
-    ("pp_dualpipev(2, V)", ["parallel=pp_dualpipev", "mesh.pp=2"], UNTIED, NO_DUALPIPEV),
-    ("pp_fsdp(2x2)", ["parallel=pp_fsdp", "mesh=2x2"], UNTIED),
-    ("pp_tp(2x2)", ["parallel=pp_tp", "mesh=2x2"], UNTIED),
-    ("3d(2x2x2)", ["parallel=3d", "mesh=2x2x2"], UNTIED),
+]
+# (id, strategy overrides): each runs with both context-parallel attention methods, tied.
+CONTEXT_PARALLEL = [
+    ("cp(2)", ["parallel=cp", "mesh.cp=2"]),
+    ("cp(4)", ["parallel=cp", "mesh.cp=4"]),
+    ("fsdp_cp(2x2)", ["parallel=fsdp_cp", "mesh=2x2"]),
+    ("fsdp_tp_cp(2x2x2)", ["parallel=fsdp_tp_cp", "mesh=2x2x2"]),
+    ("pp_cp(2x2)", ["parallel=pp_cp", "mesh=2x2"]),
+]
+# (id, strategy overrides[, marks]): each runs tied and untied.
+# nano has 4 layers: pp=2 with 2 stages per rank gives one layer per virtual stage.
+PIPELINED = [
+    ("pp_gpipe(2)", ["parallel=pp_gpipe", "mesh.pp=2"]),
+    ("pp_1f1b(2)", ["parallel=pp_1f1b", "mesh.pp=2"]),
+    ("pp_1f1b(2)+accum(2)", ["parallel=pp_1f1b", "mesh.pp=2", "train.grad_accum=2"]),
+    ("pp_interleaved(2x2 stages)", ["parallel=pp_interleaved", "mesh.pp=2"]),
+    ("pp_looped_bfs(2x2 stages)", ["parallel=pp_looped_bfs", "mesh.pp=2"]),
+    ("pp_interleaved_zb(2x2 stages)", ["parallel=pp_interleaved_zb", "mesh.pp=2"]),
+    ("pp_zbv(2, V)", ["parallel=pp_zbv", "mesh.pp=2"]),
+    ("pp_dualpipev(2, V)", ["parallel=pp_dualpipev", "mesh.pp=2"], NO_DUALPIPEV),
+    ("pp_fsdp(2x2)", ["parallel=pp_fsdp", "mesh=2x2"]),
+    ("pp_fsdp(2x2)+accum(2)", ["parallel=pp_fsdp", "mesh=2x2", "train.grad_accum=2"]),
+    ("pp_tp(2x2)", ["parallel=pp_tp", "mesh=2x2"]),
+    ("3d(2x2x2)", ["parallel=3d", "mesh=2x2x2"]),
+]
+STRATEGIES = NON_PIPELINED + [
+    (f"{name} {tie}", overrides, model, *marks)
+    for name, overrides, *marks in PIPELINED
+    for tie, model in (("tied", TIED), ("untied", UNTIED))
+] + [
+    (f"{name} {method}", [*overrides, f"parallel.cp.method={method}"], TIED)
+    for name, overrides in CONTEXT_PARALLEL
+    for method in ("ring", "allgather")
 ]
 
 

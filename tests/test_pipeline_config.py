@@ -15,8 +15,8 @@ from nanodist.parallel.pp import split_layers, stage_ids
 
 register_configs()
 
-# A pipeline config that passes: nano (4 layers), untied, batch 8 on 2 pp ranks.
-GOOD = [*NANO, "model.tie_embeddings=false", "train.batch_size=8", "mesh.pp=2"]
+# A pipeline config that passes: nano (4 layers, tied embeddings), batch 8 on 2 pp ranks.
+GOOD = [*NANO, "train.batch_size=8", "mesh.pp=2"]
 
 # (id, overrides on top of GOOD, words the one sentence must contain)
 BAD_INPUTS = [
@@ -30,10 +30,11 @@ BAD_INPUTS = [
     ("interleaved_needs_virtual_stages", ["parallel=pp_interleaved", "parallel.pp.stages_per_rank=1"], "at least 2"),
     ("single_stage_schedule", ["parallel=pp_1f1b", "parallel.pp.stages_per_rank=2"], "exactly 1"),
     ("unknown_schedule", ["parallel=pp_1f1b", "parallel.pp.schedule=Zigzag"], "Zigzag is not a pipeline schedule"),
-    ("tied_embeddings", ["parallel=pp_1f1b", "model.tie_embeddings=true"], "set model.tie_embeddings=false"),
+    ("tied_v_under_fsdp", ["parallel=pp_fsdp", "mesh=2x2", "parallel.pp.schedule=ZBVZeroBubble", "parallel.pp.stages_per_rank=2"],
+     "FSDP cannot share the tied embedding between two stages"),
     ("pipeline_on_one_rank", ["parallel=pp_1f1b", "mesh.pp=1"], "mesh.pp=1; set mesh.pp=2"),
     ("layers_per_stage_sum", ["parallel=pp_1f1b", "parallel.pp.layers_per_stage=[1,2]"], "4 in all"),
-    ("1f1b_too_few_microbatches", ["parallel=pp_1f1b", "mesh.pp=4", "parallel.pp.n_microbatches=2"], ">= mesh.pp=4"),
+    ("1f1b_too_few_microbatches", ["parallel=pp_1f1b", "mesh.pp=4", "parallel.pp.n_microbatches=2"], ">= mesh.pp=4, not 2"),
     ("dualpipev_too_few_microbatches", ["parallel=pp_dualpipev", "parallel.pp.n_microbatches=2"], ">= its 4 stages"),
 ]
 

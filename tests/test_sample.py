@@ -20,9 +20,9 @@ COMMON = ["model=nano", "data=shakespeare_char", "model.pad_vocab_to_multiple=8"
 LAYOUTS = [
     ("tp_sp(2)", ["parallel=tp_sp", "mesh.tp=2"]),
     ("fsdp_tp(2x2)", ["parallel=fsdp_tp", "mesh=2x2"]),
-    ("pp_1f1b(2)", ["parallel=pp_1f1b", "mesh.pp=2", "model.tie_embeddings=false"]),
-    ("pp_zbv(2, V)", ["parallel=pp_zbv", "mesh.pp=2", "model.tie_embeddings=false"]),
-    ("pp_tp(2x2)", ["parallel=pp_tp", "mesh=2x2", "model.tie_embeddings=false"]),
+    ("pp_1f1b(2)", ["parallel=pp_1f1b", "mesh.pp=2"]),
+    ("pp_zbv(2, V)", ["parallel=pp_zbv", "mesh.pp=2"]),
+    ("pp_tp(2x2)", ["parallel=pp_tp", "mesh=2x2"]),
 ]
 
 

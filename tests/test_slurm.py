@@ -177,3 +177,35 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_loss(slu
     saved_at = int(log.split("saved step ")[1].split(",")[0])
     assert 0 < saved_at < steps
     print(json.dumps({"signalled_at_step": saved_at, "final_loss": first["final_loss"]}))
+
+
+def test_a_rank_that_raises_ends_every_task_of_the_job_within_a_minute(slurm_env, tmp_path):
+    """Rank 1 of 2 raises at step 3; the collective timeout stays 10 minutes, so only being told ends rank 0.
+
+    Inside a SLURM sweep Hydra catches the error in rank 1's task: without the failure key in the
+    store, rank 0 waited in its all-reduce. The failure's time is summary.json's, which the failing
+    rank writes at once; the job's end is when squeue no longer lists it.
+    """
+    env = {**subprocess_env(), **slurm_env}
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "launch.py"), "-m", *JOB, "hydra.launcher.tasks_per_node=2", "parallel=ddp", "mesh=ranks2",
+           "train.max_steps=1000", "train.collective_timeout_s=600", "train.fault=1:3:step:raise", f"hydra.sweep.dir={sweep}"]
+    sweeper = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    failed_at = ended_at = None
+    deadline = time.time() + 180
+    while ended_at is None and time.time() < deadline:
+        time.sleep(0.5)
+        summaries = list(sweep.glob("0_*/summary.json"))
+        if failed_at is None and summaries:
+            failed_at = summaries[0].stat().st_mtime
+        ids = [p.name for p in (sweep / ".submitit").glob("[0-9]*")] if (sweep / ".submitit").exists() else []
+        if failed_at is not None and ids and not squeue(ids[0], env).startswith(("RUNNING", "COMPLETING")):
+            ended_at = time.time()
+    output = sweeper.communicate(timeout=120)[0]
+    assert failed_at is not None and ended_at is not None, output[-3000:]
+    assert ended_at - failed_at < 60, f"the job ran on {ended_at - failed_at:.0f} s after rank 1 failed"
+    summary = read_summary(job_dirs(sweep)[0])
+    assert summary["status"] == "failed" and summary["failed_rank"] == 1
+    assert summary["error"].startswith("rank 1 failed: RuntimeError: injected fault on rank 1 at step 3"), summary["error"]
+    assert "rank 1 failed: RuntimeError" in (job_dirs(sweep)[0] / "rank0.log").read_text(), "rank 0 says who failed"
+    print(json.dumps({"ended_after_failure_s": round(ended_at - failed_at, 1)}))

@@ -14,10 +14,11 @@ from nanodist.config.validate import (
     pipeline_microbatches,
     seq_len_of,
     validate,
+    validate_relations,
     validate_vocab,
 )
 
 __all__ = [
     "MESH_DIMS", "PP_SCHEDULES", "Config", "ConfigError", "OptimConfig", "padded_vocab_size", "pipeline_microbatches",
-    "register_configs", "register_resolvers", "resolved_mesh", "seq_len_of", "spread_ranks", "validate", "validate_vocab",
+    "register_configs", "register_resolvers", "resolved_mesh", "seq_len_of", "spread_ranks", "validate", "validate_relations", "validate_vocab",
 ]

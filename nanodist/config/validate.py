@@ -1,6 +1,9 @@
 """The checks that run before any process starts: `validate` rejects an impossible combination in
 one sentence (`ConfigError`), saying what is wrong and how to fix it, so no rank is ever spawned
 for a run that cannot work.
+
+Single fields are held to the domains schema.py declares beside them (`validate_domains`); what
+is written out here relates fields of different groups or needs the mesh, the data or torch.
 """
 
 from __future__ import annotations
@@ -8,16 +11,15 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from nanodist.config.domains import domain_errors
 from nanodist.config.resolvers import resolved_mesh
-from nanodist.config.schema import MESH_DIMS, PP_SCHEDULES, ConfigError
+from nanodist.config.schema import MESH_DIMS, PP_SCHEDULES, Config, ConfigError
 
 
 def validate_pipeline(cfg: Any, pp: int, dp: int) -> None:
-    """The pipeline checks of `validate`: schedule, stage count and layout, microbatches, tied weights."""
+    """The pipeline checks of `validate`: schedule, stage count and layout, microbatches."""
     m, t, p = cfg.model, cfg.train, cfg.parallel
     pc = p.pp
-    if pc.schedule not in PP_SCHEDULES:
-        raise ConfigError(f"parallel.pp.schedule={pc.schedule} is not a pipeline schedule; pick one of {', '.join(PP_SCHEDULES)}.")
     if pc.schedule == "DualPipeV":
         import torch.distributed.pipelining as pipelining
 
@@ -25,17 +27,17 @@ def validate_pipeline(cfg: Any, pp: int, dp: int) -> None:
             raise ConfigError("parallel.pp.schedule=DualPipeV needs a newer torch than this one; pick ZBVZeroBubble.")
     if pp < 2:
         raise ConfigError(f"parallel={p.name} pipelines over mesh.pp ranks but mesh.pp={pp}; set mesh.pp=2 or more.")
-    if m.tie_embeddings:
-        raise ConfigError(
-            "model.tie_embeddings=true would split the tied embedding and head across pipeline stages; "
-            "set model.tie_embeddings=false."
-        )
     if p.data_parallel == "ddp":
         raise ConfigError(f"parallel={p.name} cannot use DDP inside pipeline stages; set parallel.data_parallel=fsdp.")
     kind, spr = PP_SCHEDULES[pc.schedule], pc.stages_per_rank
     wanted = {"single": "exactly 1", "looped": "at least 2", "v": "exactly 2"}[kind]
     if (kind == "single" and spr != 1) or (kind == "looped" and spr < 2) or (kind == "v" and spr != 2):
         raise ConfigError(f"parallel.pp.schedule={pc.schedule} needs parallel.pp.stages_per_rank {wanted}, not {spr}.")
+    if kind == "v" and m.tie_embeddings and p.data_parallel == "fsdp":
+        raise ConfigError(
+            f"parallel.pp.schedule={pc.schedule} puts the first and last stage on one rank, where FSDP cannot share "
+            "the tied embedding between two stages; set model.tie_embeddings=false or pick a 1F1B or interleaved schedule."
+        )
     n_stages = pp * spr
     if n_stages > m.n_layer:
         raise ConfigError(
@@ -55,16 +57,18 @@ def validate_pipeline(cfg: Any, pp: int, dp: int) -> None:
             f"parallel.pp.n_microbatches={n} does not divide the per-rank micro-batch of {micro} sequences "
             f"(train.batch_size / (data-parallel ranks x train.grad_accum)); pick a divisor of {micro}."
         )
-    rounds = max(1, n // pp)
-    if pc.schedule == "1F1B" and n < pp:
-        raise ConfigError(f"parallel.pp.schedule=1F1B needs parallel.pp.n_microbatches >= mesh.pp={pp}, not {n}.")
-    if pc.schedule in ("Interleaved1F1B", "InterleavedZeroBubble") and n % rounds:
+    # Accumulation micro-steps run as more microbatches of one schedule step (nanodist.parallel.pp).
+    total, named = n * t.grad_accum, "parallel.pp.n_microbatches x train.grad_accum"
+    rounds = max(1, total // pp)
+    if pc.schedule == "1F1B" and total < pp:
+        raise ConfigError(f"parallel.pp.schedule=1F1B needs {named} >= mesh.pp={pp}, not {total}.")
+    if pc.schedule in ("Interleaved1F1B", "InterleavedZeroBubble") and total % rounds:
         raise ConfigError(
             f"parallel.pp.schedule={pc.schedule} runs microbatches in rounds of mesh.pp={pp}, so "
-            f"parallel.pp.n_microbatches={n} must be a multiple of {rounds}."
+            f"{named}={total} must be a multiple of {rounds}."
         )
-    if pc.schedule == "DualPipeV" and n < n_stages:
-        raise ConfigError(f"parallel.pp.schedule=DualPipeV needs parallel.pp.n_microbatches >= its {n_stages} stages, not {n}.")
+    if pc.schedule == "DualPipeV" and total < n_stages:
+        raise ConfigError(f"parallel.pp.schedule=DualPipeV needs {named} >= its {n_stages} stages, not {total}.")
 
 
 def pipeline_microbatches(cfg: Any, dp: int) -> int:
@@ -90,6 +94,33 @@ def validate_tensor_parallel(cfg: Any, tp: int, seq_len: int) -> None:
             raise ConfigError("parallel.async_tp=true needs CUDA GPUs and train.compile=true; turn it off on CPU.")
 
 
+def validate_context_parallel(cfg: Any, sizes: dict[str, int], seq_len: int) -> None:
+    """The context-parallel checks of `validate`: the cp size, the chunk layout, and what cp cannot combine with."""
+    p, cp = cfg.parallel, sizes["cp"]
+    if cp < 2:
+        raise ConfigError(f"parallel={p.name} splits sequences over mesh.cp ranks but mesh.cp={cp}; set mesh.cp=2 or more.")
+    if seq_len % (2 * cp):
+        raise ConfigError(
+            f"context parallelism cuts each {seq_len}-token sequence into 2 x mesh.cp = {2 * cp} equal chunks, which "
+            f"does not divide it; set train.seq_len to a multiple of {2 * cp}."
+        )
+    if cfg.model.dropout > 0:
+        raise ConfigError(
+            f"model.dropout={cfg.model.dropout} cannot match one process under context parallelism (each rank would "
+            "draw attention and residual masks for its own chunks only); set model.dropout=0."
+        )
+    if p.data_parallel == "ddp" or sizes["dp_replicate"] > 1:
+        raise ConfigError("context parallelism shards over dp_shard x cp with FSDP; use mesh.dp_shard and parallel=fsdp_cp, not DDP or HSDP.")
+    if p.data_parallel == "none" and (p.pipeline or p.tensor_parallel):
+        raise ConfigError(
+            f"parallel={p.name} reduces gradients over cp with DDP only for plain cp; with pipelining or tensor "
+            "parallelism set parallel.data_parallel=fsdp (parallel=pp_cp or fsdp_tp_cp)."
+        )
+    if cfg.train.compile:
+        raise ConfigError("train.compile=true does not combine with context parallelism (its attention's ring "
+                          "collectives run eagerly); set train.compile=false.")
+
+
 def padded_vocab_size(model_cfg: Any, dataset_vocab: int) -> int:
     """The model's vocabulary: its own size or the dataset's, rounded up to model.pad_vocab_to_multiple."""
     vocab = model_cfg.vocab_size or dataset_vocab
@@ -98,7 +129,13 @@ def padded_vocab_size(model_cfg: Any, dataset_vocab: int) -> int:
 
 
 def validate_vocab(cfg: Any, dataset_vocab: int) -> None:
-    """The check that needs the dataset's vocabulary: under tp the embedding and head split it evenly."""
+    """The checks that need the dataset's vocabulary: the model has a row for every token id, and
+    under tp the embedding and head split it evenly."""
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < dataset_vocab:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than data={cfg.data.name}'s {dataset_vocab} tokens; "
+            f"set model.vocab_size={dataset_vocab} or more, or null to take the data's."
+        )
     vocab = padded_vocab_size(cfg.model, dataset_vocab)
     tp = resolved_mesh(cfg)["tp"]
     if cfg.parallel.tensor_parallel and vocab % tp:
@@ -108,34 +145,18 @@ def validate_vocab(cfg: Any, dataset_vocab: int) -> None:
         )
 
 
-def validate_checkpoint(cfg: Any) -> None:
-    """The checkpoint checks of `validate` that need no files (the launcher checks `resume_from` itself)."""
-    c, t = cfg.checkpoint, cfg.train
-    if t.nan_policy not in ("stop", "skip"):
-        raise ConfigError(f"train.nan_policy={t.nan_policy} is not a policy; use stop or skip.")
-    if c.interval < 0 or c.keep_last < 0:
-        raise ConfigError("checkpoint.interval and checkpoint.keep_last must be 0 or more.")
-
-
-def validate_levers(cfg: Any) -> None:
-    """The speed and memory levers of `validate`: activation checkpointing, attention kernel, profiler steps."""
-    t = cfg.train
-    if t.activation_checkpointing not in ("none", "full", "selective"):
-        raise ConfigError(f"train.activation_checkpointing={t.activation_checkpointing} is not a mode; use none, full or selective.")
-    if t.ac_every < 1:
-        raise ConfigError(f"train.ac_every={t.ac_every} must be at least 1; selective checkpointing takes every Nth block.")
-    if t.sdpa_backend not in ("auto", "flash", "efficient", "math", "cudnn"):
-        raise ConfigError(f"train.sdpa_backend={t.sdpa_backend} is not a backend; use auto, flash, efficient, math or cudnn.")
-    if any(step < 0 for step in t.profile_steps):
-        raise ConfigError(f"train.profile_steps={list(t.profile_steps)} holds a negative step; use 0-based steps as in metrics.jsonl.")
-
-
 def validate(cfg: Any, world_size: Optional[int] = None) -> None:
     """Reject a configuration that cannot run, in one sentence, before any process starts.
 
     `world_size` is the number of processes already started (torchrun, SLURM), or None for a local
     launch, where the mesh decides how many to start.
     """
+    validate_domains(cfg)
+    validate_relations(cfg, world_size)
+
+
+def validate_relations(cfg: Any, world_size: Optional[int] = None) -> None:
+    """`validate` without the per-field domains: for a planner trying many layouts of one checked config."""
     validate_basics(cfg)
     sizes = validate_mesh(cfg, world_size)
     p, t = cfg.parallel, cfg.train
@@ -153,14 +174,27 @@ def validate(cfg: Any, world_size: Optional[int] = None) -> None:
         validate_pipeline(cfg, sizes["pp"], dp)
     if not p.tensor_parallel and sizes["tp"] > 1:
         raise ConfigError(f"mesh.tp={sizes['tp']} needs a tensor-parallel strategy; pick parallel=tp, tp_sp or fsdp_tp.")
-    if p.tensor_parallel:
-        validate_tensor_parallel(cfg, sizes["tp"], seq_len_of(cfg))
+    if not p.context_parallel and sizes["cp"] > 1:
+        raise ConfigError(f"mesh.cp={sizes['cp']} needs a context-parallel strategy; pick parallel=cp, fsdp_cp, fsdp_tp_cp or pp_cp.")
+    if p.context_parallel:
+        validate_context_parallel(cfg, sizes, seq_len_of(cfg))
+    if p.tensor_parallel:  # under cp, sequence parallelism splits each rank's share of the sequence
+        validate_tensor_parallel(cfg, sizes["tp"], seq_len_of(cfg) // sizes["cp"])
     if p.data_parallel == "none" and dp > 1:
         raise ConfigError(f"a data-parallel mesh of {dp} needs a data-parallel strategy; pick parallel=ddp, fsdp or hsdp.")
     if p.data_parallel == "ddp" and sizes["dp_shard"] > 1:
         raise ConfigError("parallel=ddp replicates the model; size it with mesh.dp_replicate (or mesh=N), not mesh.dp_shard.")
-    validate_checkpoint(cfg)
-    validate_levers(cfg)
+    if t.fused_loss_chunk and (p.tensor_parallel or p.pipeline or p.context_parallel):
+        raise ConfigError(
+            f"train.fused_loss_chunk={t.fused_loss_chunk} fuses the head into the loss on one rank's whole logits, "
+            f"which parallel={p.name} splits; set train.fused_loss_chunk=0."
+        )
+
+
+def validate_domains(cfg: Any) -> None:
+    """Every field's value against the domain schema.py declares for it; the first misfit is the error."""
+    for error in domain_errors(cfg, Config):
+        raise ConfigError(error)
 
 
 def seq_len_of(cfg: Any) -> int:
@@ -169,33 +203,23 @@ def seq_len_of(cfg: Any) -> int:
 
 
 def validate_basics(cfg: Any) -> None:
-    """The checks of `validate` on single fields: model shape, sequence length, lr, steps, batch, dtype."""
-    m, t, o = cfg.model, cfg.train, cfg.optim
+    """The checks of `validate` that relate two fields of different groups: model shape, sequence length."""
+    m = cfg.model
     if m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}; pick sizes where it is.")
     if seq_len_of(cfg) > m.block_size:
         raise ConfigError(
             f"train.seq_len={seq_len_of(cfg)} exceeds model.block_size={m.block_size}; lower train.seq_len or raise model.block_size."
         )
-    if o.lr <= 0:
-        raise ConfigError(f"optim.lr={o.lr} must be positive; set e.g. optim.lr=6e-4.")
-    if t.max_steps < 0:
-        raise ConfigError(f"train.max_steps={t.max_steps} is negative; give the number of optimizer steps to run.")
-    if t.grad_accum < 1 or t.batch_size < 1:
-        raise ConfigError("train.batch_size and train.grad_accum must be at least 1.")
-    if t.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"train.dtype={t.dtype} is not supported; use float32 or bfloat16.")
 
 
 def validate_mesh(cfg: Any, world_size: Optional[int]) -> dict[str, int]:
     """The mesh sizes, checked against the processes started; dp_shard=-1 is inferred from them."""
     sizes = resolved_mesh(cfg)
     for dim, size in sizes.items():
-        if size == 0 or size < -1:
-            raise ConfigError(f"mesh.{dim}={size} is not a size; use a positive number (or -1 for dp_shard).")
+        if size == 0:  # the fields' domains exclude 0, but mesh.shape may give one (mesh=0x2)
+            raise ConfigError(f"mesh={cfg.mesh.shape} gives mesh.{dim}=0; use positive sizes.")
     inferred = [d for d, s in sizes.items() if s == -1]
-    if inferred and inferred != ["dp_shard"]:
-        raise ConfigError(f"only mesh.dp_shard may be -1 (inferred), not {', '.join('mesh.' + d for d in inferred)}.")
     known = math.prod(s for s in sizes.values() if s != -1)
     if inferred:
         if world_size is None:
@@ -207,7 +231,7 @@ def validate_mesh(cfg: Any, world_size: Optional[int]) -> dict[str, int]:
         sizes["dp_shard"] = world_size // known
     elif world_size is not None and known != world_size:
         raise ConfigError(
-            f"the mesh {'x'.join(str(sizes[d]) for d in MESH_DIMS)} (pp x dp_replicate x dp_shard x tp) needs "
+            f"the mesh {'x'.join(str(sizes[d]) for d in MESH_DIMS)} (pp x dp_replicate x dp_shard x cp x tp) needs "
             f"{known} processes but {world_size} were started; make their product {world_size}."
         )
     return sizes

@@ -140,14 +140,15 @@ def prepare(data_cfg: DictConfig, force: bool) -> tuple[dict, bool]:
 
 
 def describe(data_cfg: DictConfig, meta: dict, prepared_now: bool) -> str:
-    """Where the files are and how many tokens each split holds (uint16 files: two bytes a token)."""
+    """Where the files are and how many tokens each split holds, as meta.json lists them."""
     out = data_dir(data_cfg)
     state = "prepared" if prepared_now else "already prepared (force=true prepares again)"
-    lines = [f"data={data_cfg.name} {state} in {out}: vocab_size {meta['vocab_size']}, tokenizer {meta['tokenizer']}"]
+    lines = [f"data={data_cfg.name} {state} in {out}: vocab_size {meta['vocab_size']}, tokenizer {meta['tokenizer']}, "
+             f"{meta['dtype']}"]
     for split in SPLITS:
-        path = out / f"{split}.bin"
-        count = f"{path.stat().st_size // 2:>14,} tokens" if path.exists() else "missing (force=true prepares again)"
-        lines.append(f"  {path.name:<10}{count}")
+        files = meta["files"][split]
+        names = files[0]["name"] if len(files) == 1 else f"{files[0]['name']} .. {files[-1]['name']}"
+        lines.append(f"  {names:<10}{sum(f['tokens'] for f in files):>14,} tokens")
     return "\n".join(lines)
 
 

@@ -1,9 +1,10 @@
-"""Dataset preparation: raw text -> train.bin / val.bin (uint16 tokens) + meta.json.
+"""Dataset preparation: raw text -> token files + meta.json (nanodist/data/files.py describes them).
 
 Each dataset has one `prepare_*` function; `data/<name>/prepare.py` is its command-line face and
-training calls `ensure_prepared` when the files are missing. Sources are read from, in order: an
-explicit path, the mirror folder $NANODIST_DATA_MIRROR (laid out as <mirror>/<dataset>/...), then
-the dataset's public URL.
+training calls `prepare_once` before any rank starts. Tiny Shakespeare (1 MB) is read whole, from
+an explicit path, the mirror folder $NANODIST_DATA_MIRROR (<mirror>/tinyshakespeare/input.txt), then
+its public URL. The big corpora stream (nanodist/data/stream.py): memory stays bounded, workers
+tokenize in parallel, and an interrupted preparation resumes.
 """
 
 from __future__ import annotations
@@ -17,23 +18,18 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from nanodist.data.tokenizer import EOT_TOKEN, GPT2_EOT_ID, CharTokenizer, GPT2Tokenizer
+from nanodist.data.errors import DatasetUnavailable
+from nanodist.data.files import META_FORMAT, check_files, token_dtype
+from nanodist.data.sources import openwebtext_streams, tinystories_streams
+from nanodist.data.stream import PROGRESS, prepare_streams
+from nanodist.data.tokenizer import CharTokenizer, GPT2Tokenizer
+from nanodist.data.writer import SplitWriter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-TINYSTORIES_URLS = {
-    "train": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",
-    "val": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt",
-}
-OPENWEBTEXT_PARQUET = (
-    "https://huggingface.co/datasets/Skylion007/openwebtext/resolve/refs%2Fconvert%2Fparquet/"
-    "plain_text/train/{shard:04d}.parquet"
-)
 VAL_FRACTION = 0.1
 
-
-class DatasetUnavailable(RuntimeError):
-    """The dataset's files are missing and its source could not be read; the message says how to fix it."""
+__all__ = ["DatasetUnavailable", "data_dir", "ensure_prepared", "is_prepared", "prepare_once", "read_meta"]
 
 
 def data_dir(data_cfg) -> Path:
@@ -42,7 +38,11 @@ def data_dir(data_cfg) -> Path:
 
 
 def is_prepared(data_cfg) -> bool:
-    return data_cfg.name == "synthetic" or (data_dir(data_cfg) / "meta.json").exists()
+    """A meta.json of this format (an older layout, or an interrupted preparation, prepares again)."""
+    if data_cfg.name == "synthetic":
+        return True
+    path = data_dir(data_cfg) / "meta.json"
+    return path.exists() and json.loads(path.read_text()).get("format") == META_FORMAT
 
 
 def read_meta(data_cfg) -> dict:
@@ -60,7 +60,7 @@ def ensure_prepared(data_cfg, log: Callable[[str], None] = print, force: bool = 
         if data_cfg.name not in PREPARERS:
             raise DatasetUnavailable(f"data={data_cfg.name} has no preparation step; pick one of {sorted(PREPARERS)}.")
         log(f"preparing data={data_cfg.name} into {data_dir(data_cfg)}")
-        PREPARERS[data_cfg.name](data_cfg)
+        PREPARERS[data_cfg.name](data_cfg, log)
     return read_meta(data_cfg)
 
 
@@ -73,7 +73,11 @@ def prepare_once(data_cfg, log: Callable[[str], None] = print, force: bool = Fal
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".prepare.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return ensure_prepared(data_cfg, log=log, force=force)
+        meta = ensure_prepared(data_cfg, log=log, force=force)
+    # Sizes always (free), checksums when asked: a truncated or corrupted file stops the run here,
+    # before any rank starts, rather than as garbage batches or a crash inside one.
+    check_files(out, meta, full=data_cfg.verify)
+    return meta
 
 
 def locate_source(name: str, relative: str, explicit: Optional[str], url: Optional[str], max_bytes: Optional[int]) -> bytes:
@@ -102,105 +106,60 @@ def _read(path: str, max_bytes: Optional[int]) -> bytes:
         return f.read(max_bytes if max_bytes else -1)
 
 
-def write_split(out: Path, split: str, ids: np.ndarray | list[int]) -> None:
-    array = np.asarray(ids, dtype=np.uint16)
-    array.tofile(out / f"{split}.bin")
-
-
-def write_meta(out: Path, **meta) -> None:
-    # meta.json last: its presence marks a complete preparation.
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+def write_whole(data_cfg, vocab_size: int, splits: dict, **meta) -> None:
+    """Token arrays of a small corpus, one per split, as the files and meta.json streaming writes."""
+    out = _fresh_dir(data_cfg)
+    dtype = token_dtype(vocab_size)
+    writers = {split: SplitWriter(out, split, dtype, data_cfg.shard_tokens) for split in splits}
+    for split, ids in splits.items():
+        writers[split].append(ids)
+    listing = {split: writer.listing() for split, writer in writers.items()}
+    (out / "meta.json").write_text(json.dumps({"format": META_FORMAT, "name": data_cfg.name, "vocab_size": vocab_size,
+                                               "dtype": dtype, "files": listing, **meta}, indent=1))
 
 
 def prepare_shakespeare_char(data_cfg) -> None:
     text = locate_source("shakespeare_char", "tinyshakespeare/input.txt", data_cfg.source, SHAKESPEARE_URL, data_cfg.max_bytes).decode()
     tokenizer = CharTokenizer.from_text(text)
     split = int(len(text) * (1 - VAL_FRACTION))
-    out = _fresh_dir(data_cfg)
-    write_split(out, "train", tokenizer.encode(text[:split]))
-    write_split(out, "val", tokenizer.encode(text[split:]))
-    write_meta(out, vocab_size=tokenizer.vocab_size, tokenizer="char", chars=tokenizer.chars)
+    splits = {"train": tokenizer.encode(text[:split]), "val": tokenizer.encode(text[split:])}
+    write_whole(data_cfg, tokenizer.vocab_size, {k: np.asarray(v) for k, v in splits.items()}, tokenizer="char", chars=tokenizer.chars)
 
 
 def prepare_shakespeare(data_cfg) -> None:
     text = locate_source("shakespeare", "tinyshakespeare/input.txt", data_cfg.source, SHAKESPEARE_URL, data_cfg.max_bytes).decode()
     tokenizer = GPT2Tokenizer(data_cfg.tokenizer_file)
     split = int(len(text) * (1 - VAL_FRACTION))
-    out = _fresh_dir(data_cfg)
-    write_split(out, "train", tokenizer.encode(text[:split]))
-    write_split(out, "val", tokenizer.encode(text[split:]))
-    write_meta(out, vocab_size=tokenizer.vocab_size, tokenizer="gpt2")
+    splits = {"train": tokenizer.encode(text[:split]), "val": tokenizer.encode(text[split:])}
+    write_whole(data_cfg, tokenizer.vocab_size, {k: np.asarray(v) for k, v in splits.items()}, tokenizer="gpt2")
 
 
-def prepare_tinystories(data_cfg) -> None:
-    tokenizer = GPT2Tokenizer(data_cfg.tokenizer_file)
-    splits = {}
-    for split, url in TINYSTORIES_URLS.items():
-        source = data_cfg.source and os.path.join(data_cfg.source, Path(url).name)
-        raw = locate_source("tinystories", f"tinystories/{Path(url).name}", source, url, data_cfg.max_bytes)
-        stories = [s.strip() for s in raw.decode(errors="ignore").split(EOT_TOKEN) if s.strip()]
-        splits[split] = _join_documents(tokenizer.encode_batch(stories))
-    out = _fresh_dir(data_cfg)
-    for split, ids in splits.items():
-        write_split(out, split, ids)
-    write_meta(out, vocab_size=tokenizer.vocab_size, tokenizer="gpt2")
+def prepare_tinystories(data_cfg, log: Callable[[str], None]) -> None:
+    # Sources and tokenizer first: when either is missing, the prepared files stay as they were.
+    streams, tokenizer = tinystories_streams(data_cfg), GPT2Tokenizer(data_cfg.tokenizer_file)
+    prepare_streams(_fresh_dir(data_cfg, keep_progress=True), streams, tokenizer, data_cfg, log)
 
 
-def prepare_openwebtext(data_cfg) -> None:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DatasetUnavailable("data=openwebtext reads parquet shards; pip install pyarrow first.") from None
-    import io
-
-    tokenizer = GPT2Tokenizer(data_cfg.tokenizer_file)
-    budget = data_cfg.max_bytes or float("inf")
-    documents: list[str] = []
-    shard = 0
-    while budget > 0:
-        relative = f"openwebtext/{shard:04d}.parquet"
-        source = data_cfg.source and os.path.join(data_cfg.source, f"{shard:04d}.parquet")
-        try:
-            raw = locate_source("openwebtext", relative, source, OPENWEBTEXT_PARQUET.format(shard=shard), None)
-        except DatasetUnavailable:
-            if shard == 0:
-                raise
-            break  # past the last shard
-        for text in pq.read_table(io.BytesIO(raw), columns=["text"]).column("text").to_pylist():
-            documents.append(text)
-            budget -= len(text)
-            if budget <= 0:
-                break
-        shard += 1
-    split = max(1, int(len(documents) * (1 - VAL_FRACTION)))
-    out = _fresh_dir(data_cfg)
-    write_split(out, "train", _join_documents(tokenizer.encode_batch(documents[:split])))
-    write_split(out, "val", _join_documents(tokenizer.encode_batch(documents[split:] or documents[-1:])))
-    write_meta(out, vocab_size=tokenizer.vocab_size, tokenizer="gpt2")
+def prepare_openwebtext(data_cfg, log: Callable[[str], None]) -> None:
+    # Sources and tokenizer first: when either is missing, the prepared files stay as they were.
+    streams, tokenizer = openwebtext_streams(data_cfg), GPT2Tokenizer(data_cfg.tokenizer_file)
+    prepare_streams(_fresh_dir(data_cfg, keep_progress=True), streams, tokenizer, data_cfg, log)
 
 
-def _join_documents(token_lists: list[list[int]]) -> np.ndarray:
-    """Documents separated by <|endoftext|>, as GPT-2 was trained."""
-    total = sum(len(t) + 1 for t in token_lists)
-    out = np.empty(total, dtype=np.uint16)
-    pos = 0
-    for tokens in token_lists:
-        out[pos : pos + len(tokens)] = tokens
-        out[pos + len(tokens)] = GPT2_EOT_ID
-        pos += len(tokens) + 1
-    return out
-
-
-def _fresh_dir(data_cfg) -> Path:
+def _fresh_dir(data_cfg, keep_progress: bool = False) -> Path:
+    """The data dir without its meta.json (so an interrupted preparation is never taken for a finished
+    one) and, unless this preparation can resume, without an interrupted one's progress."""
     out = data_dir(data_cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)
+    if not keep_progress:
+        (out / PROGRESS).unlink(missing_ok=True)
     return out
 
 
 PREPARERS: dict[str, Callable] = {
-    "shakespeare_char": prepare_shakespeare_char,
-    "shakespeare": prepare_shakespeare,
+    "shakespeare_char": lambda data_cfg, log: prepare_shakespeare_char(data_cfg),
+    "shakespeare": lambda data_cfg, log: prepare_shakespeare(data_cfg),
     "tinystories": prepare_tinystories,
     "openwebtext": prepare_openwebtext,
 }

@@ -9,6 +9,8 @@ import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
 
+from nanodist.data.errors import DatasetUnavailable
+
 EOT_TOKEN = "<|endoftext|>"
 GPT2_EOT_ID = 50256
 
@@ -20,8 +22,14 @@ class GPT2Tokenizer:
 
     def __init__(self, ranks_file: Optional[str] = None):
         ranks_file = ranks_file or os.environ.get("NANODIST_TIKTOKEN_FILE") or _mirrored_ranks_file()
+        self.ranks_file = ranks_file  # what worker processes load too
         if ranks_file is None:
-            self._enc = tiktoken.get_encoding("gpt2")  # downloads once into tiktoken's cache
+            try:
+                self._enc = tiktoken.get_encoding("gpt2")  # downloads once into tiktoken's cache
+            except OSError:  # requests' network errors are OSErrors; offline, tiktoken's own message is a traceback
+                raise DatasetUnavailable(
+                    "GPT-2's tokenizer could not be downloaded; set data.tokenizer_file (or $NANODIST_TIKTOKEN_FILE) "
+                    "to a local gpt2.tiktoken ranks file.") from None
         else:
             self._enc = tiktoken.Encoding(
                 name="gpt2",
@@ -33,8 +41,9 @@ class GPT2Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._enc.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self._enc.encode_ordinary_batch(texts)
+    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
+        """One thread by default: preparation's parallelism is its worker processes (data.num_proc)."""
+        return self._enc.encode_ordinary_batch(texts, num_threads=num_threads)
 
     def decode(self, ids: list[int]) -> str:
         return self._enc.decode(ids)

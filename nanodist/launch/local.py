@@ -12,22 +12,26 @@ import json
 import logging
 import multiprocessing
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from nanodist.config import validate, validate_vocab
 from nanodist.data import prepare_once
-from nanodist.launch.preemption import Preemption
+from nanodist.launch.preemption import Preemption, Termination
 from nanodist.launch.slurm import join_slurm_job
 from nanodist.parallel.dims import ParallelDims
 from nanodist.parallel.process_group import RankInfo, rank_info
 from nanodist.train.callbacks import Callback
+from nanodist.train.failure import RankFailed, write_failed_summary
+from nanodist.train.faults import parse_fault
 
 log = logging.getLogger("nanodist")
 
@@ -39,12 +43,19 @@ def launch(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Optional[dict
     benchmarks measure through them.
 
     A run that fails still leaves a summary.json (status "failed" and the error in one line), so
-    a sweep's report lists it beside the runs that finished; the error is then raised as before.
+    a sweep's report lists it beside the runs that finished; the error is then raised as before,
+    or, when ranks started here failed, as a RankFailed naming the rank that failed first.
     """
+    started = time.time()
     try:
         return start(cfg, callbacks)
+    except ChildFailedError as err:
+        raise RankFailed(record_failure(cfg, err, started)) from None
+    except SignalException as err:  # this launcher was terminated; its ranks have saved a checkpoint
+        record_failure(cfg, err, started)
+        raise RankFailed(f"stopped by {err.sigval.name}; relaunch with hydra.run.dir={cfg.output_dir} to resume.") from None
     except Exception as err:
-        record_failure(cfg, err)
+        record_failure(cfg, err, started)
         raise
 
 
@@ -53,6 +64,7 @@ def start(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Optional[dict]
     world_size = join_slurm_job() or external_world_size()
     default_logger_group(cfg)
     validate(cfg, world_size)
+    parse_fault(cfg.train.fault)
     if cfg.checkpoint.resume_from:
         # DCP's imports only when asked (see `worker`).
         from nanodist.train.checkpoint import check_resume_from
@@ -62,14 +74,17 @@ def start(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Optional[dict]
         from nanodist.tools.dryrun import dry_run  # imported when used: see `worker`
 
         return dry_run(OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True)))
-    validate_vocab(cfg, prepare_once(cfg.data, log=print)["vocab_size"])
+    vocab = prepare_once(cfg.data, log=print)["vocab_size"]
+    validate_vocab(cfg, vocab)
+    if cfg.checkpoint.init_from:
+        check_pretrained(cfg, vocab)
     run_cfg = OmegaConf.to_yaml(cfg, resolve=True)  # workers cannot resolve Hydra's interpolations
     if world_size is not None:
         return worker(run_cfg, rank_info(), callbacks)
     nproc = ParallelDims.from_config(cfg).world_size
     if nproc == 1:
         return worker(run_cfg, RankInfo(0, 0, 1), callbacks)
-    return spawn_local(run_cfg, nproc, cfg.train.max_restarts, callbacks)
+    return spawn_local(run_cfg, nproc, cfg.train.max_restarts, Path(cfg.output_dir), callbacks)
 
 
 @record  # writes a failing rank's error where elastic_launch finds it, for `describe_error`
@@ -79,12 +94,18 @@ def worker(run_cfg: str, rank: Optional[RankInfo] = None, callbacks: Sequence[Ca
     # launch that starts its ranks elsewhere (or stops at a config error) would pay for nothing.
     from nanodist.train.run import run
 
-    preemption = Preemption.install()  # inside a SLURM job: checkpoint, then requeue, at its time-limit signal
+    # Inside a SLURM job: checkpoint, then requeue, at its time-limit signal; under torch elastic,
+    # checkpoint and stop at SIGTERM.
+    preemption = Preemption.install() or Termination.install()
     return run(OmegaConf.create(run_cfg), rank or rank_info(), [*callbacks, *([preemption] if preemption else [])])
 
 
-def local_launch_config(nproc: int, max_restarts: int, **options):
+def local_launch_config(nproc: int, max_restarts: int, log_dir: Optional[Path] = None, **options):
     """torch elastic's config for `nproc` ranks on this machine, as `torchrun --standalone` makes it.
+
+    `log_dir` receives torch elastic's per-attempt folders, where a failing rank leaves its error
+    (error.json) for the launcher to report; left to torch, they pile up as /tmp/torchelastic_*,
+    one per launch, never removed. None: none are kept (a benchmark's ranks report to stderr).
 
     The ranks fork from one forkserver process that has imported the trainer once, rather than
     each importing torch anew (spawn): 2-3 s of CPU a rank, which eight ranks on a small machine
@@ -103,13 +124,17 @@ def local_launch_config(nproc: int, max_restarts: int, **options):
         max_restarts=max_restarts,
         monitor_interval=0.5,
         start_method="forkserver",
+        logs_specs=DefaultLogsSpecs(log_dir=str(log_dir) if log_dir is not None else os.devnull),
         **options,
     )
 
 
-def spawn_local(run_cfg: str, nproc: int, max_restarts: int, callbacks: Sequence[Callback] = ()) -> dict:
-    """Start `nproc` ranks on this machine with a c10d rendezvous on a free localhost port."""
-    config = local_launch_config(nproc, max_restarts)
+def spawn_local(run_cfg: str, nproc: int, max_restarts: int, run_dir: Path, callbacks: Sequence[Callback] = ()) -> dict:
+    """Start `nproc` ranks on this machine with a c10d rendezvous on a free localhost port.
+
+    torch elastic's folders (the ranks' error files, per attempt) go into <run dir>/torchelastic.
+    """
+    config = local_launch_config(nproc, max_restarts, Path(run_dir) / "torchelastic")
     # By default torch shares the agent's TCPStore with the ranks and keeps it across restarts
     # without a per-attempt prefix, so restarted ranks read their dead predecessors' gloo
     # addresses ("Connection refused"); a fresh store per attempt makes max_restarts work.
@@ -119,6 +144,14 @@ def spawn_local(run_cfg: str, nproc: int, max_restarts: int, callbacks: Sequence
     log.info(f"starting {nproc} local ranks (logs: rank*.log in the run dir)")
     results = elastic_launch(config, worker)(run_cfg, None, list(callbacks))
     return results[0]
+
+
+def check_pretrained(cfg: DictConfig, dataset_vocab: int) -> None:
+    """Resolve checkpoint.init_from to a local directory once (a hub name is fetched here, not per rank) and check its shape."""
+    from nanodist.model import gpt_config
+    from nanodist.train.pretrained import check_init_from  # imported when used: see `worker`
+
+    cfg.checkpoint.init_from = str(check_init_from(cfg.checkpoint.init_from, gpt_config(cfg, dataset_vocab)))
 
 
 def external_world_size() -> Optional[int]:
@@ -139,17 +172,24 @@ def default_logger_group(cfg: DictConfig) -> None:
             cfg.logger.group = str(hydra_cfg.sweep.dir).removeprefix("outputs/multirun/")
 
 
-def record_failure(cfg: DictConfig, err: Exception) -> None:
-    """summary.json of a run that raised, written by the first rank only (all ranks share the run dir)."""
+def record_failure(cfg: DictConfig, err: Exception, since: float) -> str:
+    """summary.json of a run that raised, unless the rank that failed first has written it since `since`.
+
+    Written by the first rank only (all ranks share the run dir). Returns the run's error line.
+    """
+    line = describe_error(err)
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
-        return
+        return line
     try:
-        output_dir = Path(cfg.output_dir)
+        path = Path(cfg.output_dir) / "summary.json"
     except InterpolationResolutionError:  # no Hydra run (a direct call): nowhere to write
-        return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"status": "failed", "error": describe_error(err), "parallel": cfg.parallel.name}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return line
+    if path.exists() and path.stat().st_mtime >= since:
+        written = json.loads(path.read_text())
+        if written.get("status") == "failed":  # by the rank that failed first (nanodist.train.failure)
+            return written["error"]
+    write_failed_summary(path.parent, line, None, cfg.parallel.name)
+    return line
 
 
 def describe_error(err: Exception) -> str:

@@ -1,6 +1,8 @@
 """Preemption inside a SLURM job: the warning signal before the time limit becomes a checkpoint at
 a step boundary, then submitit's requeue; the requeued job runs the whole Hydra job again in the
-same run dir and resumes from that checkpoint. It enters the Trainer as a callback.
+same run dir and resumes from that checkpoint. Outside SLURM, SIGTERM (torch elastic passes a
+local launch's on to its ranks, torchrun likewise) becomes a checkpoint at a step boundary and an
+exit, and a relaunch in the same run dir resumes. Both enter the Trainer as a callback.
 """
 
 from __future__ import annotations
@@ -79,3 +81,26 @@ class Preemption(Callback):
     def close(self) -> None:
         """Give the signal back to submitit once the loop is over: a late signal has nothing left to save."""
         signal.signal(self.signum, self.submitit_handler)
+
+
+class Termination(Preemption):
+    """SIGTERM outside SLURM: every rank saves the current step at the next step boundary, then exits 1.
+
+    torch elastic's agent (a local launch's, or torchrun's) sends SIGTERM to the ranks when it is
+    itself terminated and gives them 30 s before SIGKILL: a step boundary of any sensible run.
+    """
+
+    @classmethod
+    def install(cls) -> Optional["Termination"]:
+        """A Termination for a rank started by torch elastic; None elsewhere (a lone process keeps SIGTERM's default)."""
+        if "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            return None
+        return cls(signal.SIGTERM)
+
+    def on_step_end(self, trainer, record: dict) -> None:
+        if self.requested():
+            trainer.save(final=True)
+            trainer.checkpointer.wait()
+            log.error(f"stopped by SIGTERM: saved step {trainer.state.step} to {trainer.checkpointer.latest}; "
+                      f"relaunch in the same run dir to resume.")
+            raise SystemExit(1)

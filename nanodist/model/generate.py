@@ -9,7 +9,7 @@ splits the sequence over the tp ranks, always gets a length it can split.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -18,11 +18,14 @@ from torch.distributed.tensor import DTensor
 
 @torch.no_grad()
 def generate(next_logits: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, new_tokens: int, seed: int,
-             temperature: float = 0.8, top_k: int = 200) -> torch.Tensor:
-    """Append `new_tokens` tokens to `ids` (1, T), each drawn from `next_logits(ids)` (1, vocab)."""
+             temperature: float = 0.8, top_k: int = 200, vocab_size: Optional[int] = None) -> torch.Tensor:
+    """Append `new_tokens` tokens to `ids` (1, T), each drawn from `next_logits(ids)` (1, vocab).
+
+    Only ids below `vocab_size` (the tokenizer's: a padded vocabulary's padding never) are drawn.
+    """
     gen = torch.Generator(device=ids.device).manual_seed(seed)
     for _ in range(new_tokens):
-        logits = next_logits(ids) / temperature
+        logits = next_logits(ids)[:, :vocab_size] / temperature
         if top_k:
             kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
             logits = logits.masked_fill(logits < kth, -float("inf"))
@@ -35,11 +38,10 @@ def generate_text(next_logits: Callable[[torch.Tensor], torch.Tensor], tokenizer
                   seed: int, device: torch.device, temperature: float = 0.8, top_k: int = 200) -> str:
     """`prompt` and `new_tokens` sampled tokens after it, as text (an empty prompt starts from token 0).
 
-    Ids past the tokenizer's vocabulary (the padding rows of a padded vocabulary) decode as its last token.
     A prompt the tokenizer cannot encode raises its KeyError."""
     ids = torch.tensor([tokenizer.encode(prompt) or [0]], dtype=torch.long, device=device)
-    out = generate(next_logits, ids, new_tokens, seed, temperature, top_k)
-    return tokenizer.decode([min(i, tokenizer.vocab_size - 1) for i in out[0].tolist()])
+    out = generate(next_logits, ids, new_tokens, seed, temperature, top_k, tokenizer.vocab_size)
+    return tokenizer.decode(out[0].tolist())
 
 
 def padded_window(ids: torch.Tensor, block_size: int, pad_to: int) -> tuple[torch.Tensor, int]:

@@ -6,6 +6,14 @@ Two choices serve the parallel strategies:
   whole heads. Export (`nanodist.tools.export`) permutes the rows back to Hugging Face's q|k|v order.
 - Every top-level piece (embeddings, blocks, final norm, head) may be absent, so a pipeline stage is
   the same class with the pieces it does not own deleted, and keeps the full model's parameter names.
+  A last stage of a tied model keeps the head's own copy of the embedding (`nanodist.parallel.tied`).
+- A vocabulary padded for speed or for tensor parallelism (`true_vocab_size` < `vocab_size`) keeps
+  its padding columns in the logits; the loss and the sampler leave them out of their softmax
+  (`nanodist.model.loss`), so both equal those of the unpadded model.
+- Two seams let context parallelism (`nanodist.parallel.cp`) give a rank only some of a sequence's
+  tokens without this module knowing: `CausalSelfAttention.attention` (the attention of the local
+  queries against the sequence's keys and values) and `GPT.positions` (the true positions of the
+  local tokens, for the learned position embedding).
 
 Weights are initialised per parameter from a generator seeded by (seed, parameter name): any layout
 that owns a parameter, or a shard of it, gets exactly the values one process would.
@@ -16,12 +24,14 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor, distribute_tensor
+
+from nanodist.model.loss import chunked_linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -34,10 +44,24 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    true_vocab_size: Optional[int] = None  # the tokenizer's vocabulary when vocab_size is padded past it
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """Causal attention over a whole sequence held by this rank: (batch, heads, seq, head_dim) each."""
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
+
+def contiguous_positions(length: int, device: torch.device) -> torch.Tensor:
+    """The positions of a whole sequence held by this rank: 0 .. length - 1."""
+    return torch.arange(length, device=device)
 
 
 class CausalSelfAttention(nn.Module):
@@ -48,6 +72,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attn_dropout = config.dropout
+        self.attention: Attention = causal_attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x.shape
@@ -55,7 +80,7 @@ class CausalSelfAttention(nn.Module):
         qkv = self.c_attn(x).view(batch, seq, -1, 3, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
         dropout = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        y = self.attention(q, k, v, dropout)
         y = y.transpose(1, 2).reshape(batch, seq, -1)
         return self.resid_dropout(self.c_proj(y))
 
@@ -102,17 +127,23 @@ class GPT(nn.Module):
         self.lm_head: Optional[nn.Linear] = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        self.positions: Callable[[int, torch.device], torch.Tensor] = contiguous_positions
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Token ids (batch, seq) -> logits (batch, seq, vocab); a pipeline stage maps hidden -> hidden."""
+    def forward(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None, loss_chunk: int = 0) -> torch.Tensor:
+        """Token ids (batch, seq) -> logits (batch, seq, vocab); a pipeline stage maps hidden -> hidden.
+
+        Given `targets` and a `loss_chunk`, the mean loss instead, the head fused into it (inside
+        forward, where FSDP has gathered the head's weight).
+        """
         t = self.transformer
         if "wte" in t:
-            positions = torch.arange(x.size(1), device=x.device)
-            x = t.drop(t.wte(x) + t.wpe(positions))
+            x = t.drop(t.wte(x) + t.wpe(self.positions(x.size(1), x.device)))
         for block in t.h.values():
             x = block(x)
         if "ln_f" in t:
             x = t.ln_f(x)
+        if targets is not None and loss_chunk:
+            return chunked_linear_cross_entropy(x, self.lm_head.weight, targets, loss_chunk, self.config.true_vocab_size)
         if self.lm_head is not None:
             x = self.lm_head(x)
         return x
@@ -126,6 +157,7 @@ class GPT(nn.Module):
         """
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, param in self.named_parameters():
+            name = self.source_name(name)
             if name.endswith("c_proj.weight"):
                 values = lambda shape, gen: torch.randn(shape, generator=gen) * residual_std  # noqa: E731
             elif name.endswith(".weight") and param.dim() == 2:
@@ -136,6 +168,18 @@ class GPT(nn.Module):
                 values = lambda shape, gen: torch.zeros(shape)  # noqa: E731
             gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
             _copy_into_local_shard(param, values(param.shape, gen))
+
+
+    def source_name(self, name: str) -> str:
+        """The full model's name of the values a parameter holds: a tied head's copy holds the embedding's."""
+        return "transformer.wte.weight" if name == "lm_head.weight" and self.config.tie_embeddings else name
+
+    @torch.no_grad()
+    def load_full_tensors(self, tensors) -> None:
+        """Write (name, full tensor) pairs into whatever this rank holds of each parameter (pretrained weights)."""
+        params = dict(self.named_parameters())
+        for name, full in tensors:
+            _copy_into_local_shard(params[name], full)
 
 
 def _copy_into_local_shard(param: torch.Tensor, full: torch.Tensor) -> None:

@@ -7,7 +7,8 @@ from nanodist.model.gpt import GPTConfig
 
 
 def gpt_config(cfg, dataset_vocab: int) -> GPTConfig:
-    """The config's model shape, with the dataset's vocabulary padded as asked."""
+    """The config's model shape, with the dataset's vocabulary padded as asked (the padding masked out)."""
     m = cfg.model
-    vocab = padded_vocab_size(m, dataset_vocab)
-    return GPTConfig(m.n_layer, m.n_head, m.n_embd, m.block_size, vocab, m.dropout, m.bias, m.tie_embeddings)
+    vocab, true_vocab = padded_vocab_size(m, dataset_vocab), m.vocab_size or dataset_vocab
+    return GPTConfig(m.n_layer, m.n_head, m.n_embd, m.block_size, vocab, m.dropout, m.bias, m.tie_embeddings,
+                     true_vocab if true_vocab < vocab else None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -11,19 +11,24 @@ from torch.distributed.tensor import DTensor
 
 
 @torch.no_grad()
-def clip_grad_norm_(params: list[torch.nn.Parameter], max_norm: float, pp_group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+def clip_grad_norm_(params: list[torch.nn.Parameter], max_norm: float, pp_group: Optional[dist.ProcessGroup] = None,
+                    uncounted: Sequence[torch.nn.Parameter] = ()) -> torch.Tensor:
     """Clip in place to `max_norm` (0 disables clipping) and return the global norm before clipping.
 
     Gradients are grouped by mesh, since one foreach norm cannot mix DTensors of different meshes
     (or DTensors and plain tensors); each group's norm is reduced over its own mesh. Pipeline
-    stages hold disjoint parameters, so their squared norms add up over the pp group.
+    stages hold disjoint parameters, so their squared norms add up over the pp group; a tied
+    embedding's copy on the last stage (in `uncounted`) is scaled but counted once, on the first.
     """
     groups: dict = defaultdict(list)
+    skip = {id(p) for p in uncounted}
     for p in params:
         if p.grad is not None:
-            groups[p.grad.device_mesh if isinstance(p.grad, DTensor) else None].append(p.grad)
+            groups[(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, id(p) in skip)].append(p.grad)
     squares = []
-    for grads in groups.values():
+    for (_, skipped), grads in groups.items():
+        if skipped:
+            continue
         norm = torch.nn.utils.get_total_norm(grads, foreach=True)
         squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float() ** 2)
     total_sq = torch.stack(squares).sum() if squares else torch.zeros(())

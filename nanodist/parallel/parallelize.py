@@ -20,6 +20,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from nanodist.model import GPT
 from nanodist.parallel.ac import apply_ac
 from nanodist.parallel.compile import apply_compile
+from nanodist.parallel.cp import apply_cp
 from nanodist.parallel.ddp import apply_ddp
 from nanodist.parallel.dims import Mesh, ParallelDims
 from nanodist.parallel.fsdp import apply_fsdp
@@ -27,7 +28,10 @@ from nanodist.parallel.tp import apply_tp, enable_async_tp
 
 
 def data_parallel_mesh(mesh: Mesh, dims: ParallelDims) -> DeviceMesh:
-    """The mesh FSDP shards over: dp_shard alone, or (dp_replicate, dp_shard) for HSDP."""
+    """The mesh FSDP shards over: dp_shard alone, (dp_replicate, dp_shard) for HSDP, or dp_shard x cp
+    flattened under context parallelism (validation refuses HSDP with cp)."""
+    if dims.cp > 1:
+        return mesh["dp_shard_cp"]
     return mesh[("dp_replicate", "dp_shard")] if dims.dp_replicate > 1 else mesh["dp_shard"]
 
 
@@ -37,21 +41,25 @@ def parallelize(model: GPT, dims: ParallelDims, mesh: Mesh | None, cfg, device: 
     materialize(model, device, cfg.train.seed)
     if cfg.parallel.data_parallel == "ddp":
         apply_ddp(model, mesh["dp_replicate"])
+    elif cfg.parallel.context_parallel and cfg.parallel.data_parallel == "none":
+        apply_ddp(model, mesh["cp"])  # plain cp: each rank's gradient covers its own tokens; average them
     return model
 
 
 def apply_on_meta(model: GPT, dims: ParallelDims, mesh: Mesh | None, cfg) -> nn.Module:
-    """The steps that need no real weights: TP -> compile -> activation checkpointing -> FSDP."""
+    """The steps that need no real weights: TP -> CP -> compile -> activation checkpointing -> FSDP."""
     p, t = cfg.parallel, cfg.train
     if p.tensor_parallel:
         apply_tp(model, mesh["tp"], p.sequence_parallel, p.loss_parallel)
         if p.async_tp:  # validation allows it only with CUDA and compile
             enable_async_tp(mesh["tp"])
+    if p.context_parallel:
+        apply_cp(model, mesh["cp"], p.cp.method)
     if t.compile:
         apply_compile(model)
     apply_ac(model, t.activation_checkpointing, t.ac_every)
     if p.data_parallel == "fsdp":
-        apply_fsdp(model, data_parallel_mesh(mesh, dims), p.fsdp)
+        apply_fsdp(model, data_parallel_mesh(mesh, dims), p.fsdp, pipelined=p.pipeline)
     return model
 
 

@@ -8,18 +8,22 @@ like a whole model (TP, then FSDP, over the stage's own sub-meshes) before it is
 
 Placement follows the schedule: one stage per rank (GPipe, 1F1B), loops (stage s on rank s % pp:
 Interleaved1F1B, LoopedBFS, InterleavedZeroBubble), or a V (rank r holds stages r and 2pp-1-r:
-ZBVZeroBubble, DualPipeV), so the first and last stage of a V share rank 0.
+ZBVZeroBubble, DualPipeV), so the first and last stage of a V share rank 0. A tied embedding
+spans the first and last stage (`nanodist.parallel.tied`).
+
+Gradient accumulation runs as more microbatches of one schedule step (grad_accum x
+n_microbatches): torch's stage reduces FSDP gradients at the end of every step, so one step per
+optimizer step reduces them once, and the 1F1B family's in-flight bound (pp microbatches) keeps
+activation memory as it was, while the bubble shrinks. GPipe holds every microbatch in flight.
 
 Loss scaling: the schedule runs with `scale_grads=False` and the loss it is given already carries
-1 / (grad_accum x n_microbatches) (`nanodist.parallel.runner.micro_step_loss`). torch's own scaling
-divides every gradient the stage holds at the end of each step, which would also shrink the
-gradients accumulated by earlier grad-accumulation micro-steps.
+1 / (grad_accum x n_microbatches) (`nanodist.parallel.runner.micro_step_loss`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -32,6 +36,7 @@ from nanodist.model import GPT, GPTConfig
 from nanodist.parallel.dims import Mesh, ParallelDims
 from nanodist.parallel.parallelize import parallelize
 from nanodist.parallel.tensors import as_plain
+from nanodist.parallel.tied import TiedEmbedding, tie_embedding
 
 
 def split_layers(n_layer: int, n_stages: int, layers_per_stage: list[int]) -> list[range]:
@@ -88,17 +93,20 @@ class Pipeline:
     pp_group: dist.ProcessGroup
     hidden_size: int
     seq_shards: int  # sequence parallelism passes 1/tp of the sequence between stages
+    tied: Optional[TiedEmbedding]  # the embedding and head as one weight across stages, if tied
 
     @property
     def holds_last_stage(self) -> bool:
         return len(self.owner) - 1 in self.stages
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Forward and backward of one micro-step; this rank's share of the loss (0 off the last stage)."""
+        """Forward and backward of one optimizer step's rows; this rank's share of the loss (0 off the last stage)."""
         losses: list[torch.Tensor] = []
         inputs = (x,) if 0 in self.stages else ()
         self.schedule.step(*inputs, target=y if self.holds_last_stage else None, losses=losses, return_outputs=False)
-        # Each loss already carries its 1/(grad_accum x n_microbatches), so their sum is this micro-step's share.
+        if self.tied is not None:
+            self.tied.sum_gradients()
+        # Each loss already carries its 1/(grad_accum x n_microbatches), so their sum is the step's share.
         return sum((as_plain(loss) for loss in losses), torch.zeros((), device=x.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -133,7 +141,8 @@ def build_pipeline(config: GPTConfig, dims: ParallelDims, mesh: Mesh, cfg, devic
                    train_loss: Callable, n_microbatches: int) -> Pipeline:
     """Build, parallelise and materialise this rank's stages, and the schedule over mesh["pp"].
 
-    `train_loss` is the loss of one microbatch, already scaled for accumulation and microbatches.
+    `train_loss` is the loss of one microbatch, already scaled for accumulation and microbatches;
+    `n_microbatches` counts those of a whole optimizer step.
     """
     p, pc = cfg.parallel, cfg.parallel.pp
     pp_mesh, pp_rank = mesh["pp"], mesh["pp"].get_local_rank()
@@ -143,10 +152,10 @@ def build_pipeline(config: GPTConfig, dims: ParallelDims, mesh: Mesh, cfg, devic
     for r in range(dims.pp):
         for s in stage_ids(pc.schedule, dims.pp, pc.stages_per_rank, r):
             owner[s] = r
-    modules, stages = {}, []
-    for s in stage_ids(pc.schedule, dims.pp, pc.stages_per_rank, pp_rank):
-        modules[s] = parallelize(build_stage_model(config, layers[s], s == 0, s == n_stages - 1), dims, mesh, cfg, device)
-        stages.append(PipelineStage(modules[s], s, n_stages, device, group=pp_mesh.get_group()))
+    modules = {s: parallelize(build_stage_model(config, layers[s], s == 0, s == n_stages - 1), dims, mesh, cfg, device)
+               for s in stage_ids(pc.schedule, dims.pp, pc.stages_per_rank, pp_rank)}
+    tied = tie_embedding(modules, owner, pp_rank, mesh) if config.tie_embeddings else None
+    stages = [PipelineStage(module, s, n_stages, device, group=pp_mesh.get_group()) for s, module in modules.items()]
     cls = schedule_class(pc.schedule)
     schedule = cls(
         stages[0] if issubclass(cls, PipelineScheduleSingle) else stages,
@@ -163,4 +172,5 @@ def build_pipeline(config: GPTConfig, dims: ParallelDims, mesh: Mesh, cfg, devic
         pp_group=pp_mesh.get_group(),
         hidden_size=config.n_embd,
         seq_shards=dims.tp if p.tensor_parallel and p.sequence_parallel else 1,
+        tied=tied,
     )

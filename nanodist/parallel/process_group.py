@@ -38,10 +38,13 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device(requested)
 
 
-def init_process_group(device: torch.device) -> None:
-    """nccl on GPU, gloo on CPU, rendezvous from the environment (torchrun, SLURM or our own launch)."""
+def init_process_group(device: torch.device, timeout_s: float) -> None:
+    """nccl on GPU, gloo on CPU, rendezvous from the environment (torchrun, SLURM or our own launch).
+
+    `timeout_s` bounds a collective's wait for its peers (train.collective_timeout_s).
+    """
     backend = "nccl" if device.type == "cuda" else "gloo"
-    options = dict(timeout=timedelta(minutes=10), device_id=device if device.type == "cuda" else None)
+    options = dict(timeout=timedelta(seconds=timeout_s), device_id=device if device.type == "cuda" else None)
     if "MASTER_ADDR" not in os.environ:  # a lone process started locally (a mesh of one): nobody to rendezvous with
         options.update(store=dist.HashStore(), rank=0, world_size=1)
     dist.init_process_group(backend, **options)

@@ -9,28 +9,41 @@ then, for each pipeline rank, it builds that rank's stages exactly as training d
 - gradient bytes: the same shards (gradients take their parameter's layout and dtype);
 - optimizer bytes: AdamW's exp_avg and exp_avg_sq per parameter shard, plus its 4-byte step;
 - activation bytes: one micro-batch forward run on fake tensors (shapes only, no memory) under the
-  same saved-tensor meter that training uses, times the microbatches a pipeline stage holds at once.
+  same saved-tensor meter that training uses, times the microbatches a pipeline stage holds at once;
+  under context parallelism on this rank's 1/cp of each sequence, through the cp attention itself
+  (so what the ring or the all-gather keeps of the other ranks' K/V is counted).
 
 Pipeline ranks differ only in the stages they hold, so one process group serves them all: the
 figures are those of each pp rank's first rank (dp and tp coordinates 0), which holds FSDP's
 largest shards (uneven splits pad the last ranks), its stage's worst case. torch.compile is left
 out: it changes no shard and saves at most as many activations, so the eager figure bounds a
 compiled run's.
+
+The same fake forward counts the collectives the rank issues (`nanodist.tools.collectives`), for
+the planner's step-time model. Speed, for the planner's hundreds of layouts: a stage of L alike
+blocks is measured from stages of one and two blocks (every figure is a sum over modules, so
+f(L) = f(1) + (L - 1)(f(2) - f(1)) exactly), stages already measured for one layout are reused
+by its other pipeline ranks, and one build serves every micro-batch size asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from omegaconf import OmegaConf
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor.parallel import loss_parallel
 
 from nanodist.config import (
+    MESH_DIMS,
     ConfigError,
     pipeline_microbatches,
     seq_len_of,
@@ -41,7 +54,8 @@ from nanodist.model import GPT, GPTConfig, cross_entropy, gpt_config, num_params
 from nanodist.parallel.dims import ParallelDims
 from nanodist.parallel.parallelize import apply_on_meta
 from nanodist.parallel.pp import build_stage_model, split_layers, stage_ids
-from nanodist.parallel.tensors import local_bytes, unique_parameters
+from nanodist.parallel.tensors import local_bytes
+from nanodist.tools.collectives import CollectiveBytes
 from nanodist.train.meters import SavedActivations
 
 # AdamW keeps a scalar float32 `step` tensor per parameter next to its two moment buffers.
@@ -58,12 +72,11 @@ def dry_run(cfg) -> dict:
     validate_vocab(cfg, vocab)
     config = gpt_config(cfg, vocab)
     with fake_process_group(0, dims.world_size):
-        mesh = dims.build_mesh("cpu")
-        estimates = [estimate_pp_rank(cfg, dims, mesh, config, pp_rank) for pp_rank in range(dims.pp)]
+        estimates = estimate_layout(cfg, dims, config)
     report = {
         "status": "dry_run",
         "world_size": dims.world_size,
-        "mesh": {"pp": dims.pp, "dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp},
+        "mesh": {dim: getattr(dims, dim) for dim in MESH_DIMS},
         "parallel": cfg.parallel.name,
         "model": cfg.model.name,
         "params": num_params(config),
@@ -75,6 +88,26 @@ def dry_run(cfg) -> dict:
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     Path(cfg.output_dir, "dry_run.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def estimate_layout(cfg, dims: ParallelDims, config: GPTConfig) -> list[dict]:
+    """One record per pipeline rank (its first rank), inside a fake process group of the full world."""
+    mesh = dims.build_mesh("cpu")
+    rows, built = micro_batch(cfg, dims), {}
+    records = []
+    for pp_rank in range(dims.pp):
+        position = estimate_position(cfg, dims, mesh, config, pp_rank, [rows], built)
+        records.append(layout_record(cfg, dims, position, rows))
+    return records
+
+
+def layout_record(cfg, dims: ParallelDims, position: dict, rows: int) -> dict:
+    """A rank position's figures for one micro-batch size: its state, and its stages' activations
+    times the microbatches each holds at its peak."""
+    per_stage = position["activations"][rows]
+    activations = sum(b * in_flight(cfg, dims, stage) for stage, b in zip(position["stages"], per_stage))
+    record = {k: position[k] for k in ("rank", "stages", "param_bytes", "grad_bytes", "optim_bytes")}
+    return {**record, "activation_bytes": activations, "collectives": position["collectives"][rows]}
 
 
 def vocab_size(cfg) -> int:
@@ -112,94 +145,168 @@ def fake_process_group(rank: int, world_size: int):
         dist.destroy_process_group()
 
 
-def estimate_pp_rank(cfg, dims: ParallelDims, mesh, config: GPTConfig, pp_rank: int) -> dict:
-    """Build the first rank of pipeline rank `pp_rank` on meta as training would; measure what it holds."""
-    stages = build_stages(cfg, dims, mesh, config, pp_rank)
-    params = [q for q in unique_parameters(part for _, part in stages) if q.requires_grad]
-    activations = sum(
-        stage_activation_bytes(part, cfg, dims, config, first, last) * in_flight(cfg, dims, stage)
-        for (stage, part), (first, last) in zip(stages, stage_ends(cfg, dims, stages))
-    )
-    param_bytes = local_bytes(params)
+def estimate_position(cfg, dims: ParallelDims, mesh, config: GPTConfig, pp_rank: int, rows: list[int],
+                      built: Optional[dict] = None) -> dict:
+    """What the first rank of pipeline rank `pp_rank` holds, built on meta as training builds it.
+
+    State bytes do not depend on the micro-batch, so one build serves every size in `rows`: each
+    stage's activation bytes and forward collectives are measured per size (per microbatch), for
+    the caller to multiply by the microbatches in flight. `built` keeps measured stages across the
+    pipeline ranks of one layout: middle stages of equal depth are alike, so each is built once.
+    """
+    built = {} if built is None else built
+    figures = [stage_figures(cfg, dims, mesh, config, spec, rows, built) for spec in stage_specs(cfg, dims, config, pp_rank)]
+    param_bytes = sum(f["param_bytes"] for f in figures)
     return {
         "rank": pp_rank * (dims.world_size // dims.pp),
-        "stages": [stage for stage, _ in stages],
+        "stages": [f["stage"] for f in figures],
         "param_bytes": param_bytes,
         "grad_bytes": param_bytes,
-        "optim_bytes": 2 * param_bytes + ADAM_STEP_BYTES * len(params),
-        "activation_bytes": activations,
+        "optim_bytes": 2 * param_bytes + ADAM_STEP_BYTES * sum(f["tensors"] for f in figures),
+        "activations": {r: [f["activations"][r] for f in figures] for r in rows},
+        "collectives": {r: merged([f["collectives"][r] for f in figures]) for r in rows},
     }
 
 
-def build_stages(cfg, dims: ParallelDims, mesh, config: GPTConfig, pp_rank: int) -> list[tuple[int, GPT]]:
-    """`pp_rank`'s (stage index, meta model) pairs: the whole model as stage 0, or its pipeline stages."""
+def stage_specs(cfg, dims: ParallelDims, config: GPTConfig, pp_rank: int) -> list[tuple[int, range, bool, bool]]:
+    """`pp_rank`'s stages as (index, layers, first, last): the whole model as stage 0, or its pipeline stages."""
     if not cfg.parallel.pipeline:
-        with torch.device("meta"):
-            model = GPT(config)
-        return [(0, apply_on_meta(model, dims, mesh, cfg))]
-
+        return [(0, range(config.n_layer), True, True)]
     pc = cfg.parallel.pp
     n_stages = dims.pp * pc.stages_per_rank
     layers = split_layers(config.n_layer, n_stages, list(pc.layers_per_stage))
-    return [
-        (s, apply_on_meta(build_stage_model(config, layers[s], s == 0, s == n_stages - 1), dims, mesh, cfg))
-        for s in stage_ids(pc.schedule, dims.pp, pc.stages_per_rank, pp_rank)
-    ]
+    return [(s, layers[s], s == 0, s == n_stages - 1) for s in stage_ids(pc.schedule, dims.pp, pc.stages_per_rank, pp_rank)]
 
 
-def stage_ends(cfg, dims: ParallelDims, stages) -> list[tuple[bool, bool]]:
-    n_stages = dims.pp * cfg.parallel.pp.stages_per_rank if cfg.parallel.pipeline else 1
-    return [(stage == 0, stage == n_stages - 1) for stage, _ in stages]
+def stage_figures(cfg, dims: ParallelDims, mesh, config: GPTConfig, spec, rows: list[int], built: dict) -> dict:
+    """One stage's figures, from at most two of its blocks.
+
+    Its blocks are alike (the same shapes, wrapping and shards), and every figure is a sum over
+    modules (saved tensors are all still held at the end of the forward), so a stage of L blocks
+    measures f(1) + (L - 1) (f(2) - f(1)), exactly, at the cost of two. Selective checkpointing
+    treats blocks by their index, so there every block is built.
+    """
+    stage, layers, first, last = spec
+
+    def measured(part: range) -> dict:
+        key = (part.start if selective else 0, len(part), first, last)
+        if key not in built:
+            built[key] = measure_stage(cfg, dims, mesh, config, part, first, last, rows)
+        return built[key]
+
+    selective = cfg.train.activation_checkpointing == "selective"
+    if len(layers) <= 2 or selective:
+        return {"stage": stage, **measured(layers)}
+    return {"stage": stage, **extrapolate(measured(layers[:1]), measured(layers[:2]), len(layers) - 1)}
+
+
+def extrapolate(one, two, extra: int):
+    """f(1) + extra x (f(2) - f(1)) for every number in two like-shaped nests of dicts."""
+    if isinstance(one, dict):
+        return {k: extrapolate(one.get(k, 0), two.get(k, 0), extra) for k in one.keys() | two.keys()}
+    return one + extra * (two - one)
+
+
+def merged(counts: list[dict]) -> dict:
+    total: dict = {}
+    for count in counts:
+        for key, value in count.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def measure_stage(cfg, dims: ParallelDims, mesh, config: GPTConfig, layers: range, first: bool, last: bool,
+                  rows: list[int]) -> dict:
+    """Build one stage holding `layers` on meta, parallelised as in training; its state and forward figures."""
+    part = apply_on_meta(meta_stage(config, layers, first, last), dims, mesh, cfg)
+    params = [q for q in part.parameters() if q.requires_grad]
+    forwards = stage_forward(part, cfg, dims, config, first, last, rows)
+    return {
+        "param_bytes": local_bytes(params),
+        "tensors": len(params),
+        "activations": {r: saved for r, (saved, _) in zip(rows, forwards)},
+        "collectives": {r: comms for r, (_, comms) in zip(rows, forwards)},
+    }
 
 
 def in_flight(cfg, dims: ParallelDims, stage: int) -> int:
     """Microbatches whose activations a stage holds at its peak.
 
-    1F1B: stage s runs pp - s forwards before its first backward. GPipe runs every forward first.
+    1F1B: stage s runs pp - s forwards before its first backward. GPipe runs every forward first,
+    accumulation micro-steps included (they are microbatches of the same schedule step).
     The interleaved, looped and V schedules are counted as GPipe: an upper bound.
     """
     if not cfg.parallel.pipeline:
         return 1
-    n = pipeline_microbatches(cfg, dims.dp)
+    n = pipeline_microbatches(cfg, dims.dp) * cfg.train.grad_accum
     return min(n, dims.pp - stage) if cfg.parallel.pp.schedule == "1F1B" else n
 
 
-def stage_activation_bytes(part: GPT, cfg, dims: ParallelDims, config: GPTConfig, first: bool, last: bool) -> int:
-    """Saved-for-backward bytes of one micro-batch forward (and loss, on the last stage), on fake tensors.
+def meta_stage(config: GPTConfig, layers: range, first: bool, last: bool) -> GPT:
+    """The stage `build_stage_model` builds, without first building the whole model's blocks to delete
+    most of them (48 for gpt2_xl, per stage measured): the blocks made for `layers` alone, under their
+    own indices (selective checkpointing reads them). The config's layer count only scales the init,
+    which meta tensors never run."""
+    model = build_stage_model(dataclasses.replace(config, n_layer=len(layers)), range(len(layers)), first, last)
+    model.transformer.h = nn.ModuleDict({str(i): block for i, block in zip(layers, model.transformer.h.values())})
+    return model
 
-    The model's meta parameters are swapped for fake ones on the CPU, so every op (FSDP's
-    all-gathers, TP's redistributions, the CPU attention kernel) runs as in training, on shapes only.
+
+def stage_forward(part: GPT, cfg, dims: ParallelDims, config: GPTConfig, first: bool, last: bool, rows: list[int]):
+    """(saved-for-backward bytes, forward collective bytes) of one micro-batch forward (and loss, on
+    the last stage) per size in `rows`, on fake tensors.
+
+    The model's meta parameters are swapped for fake ones on the CPU, once for all sizes, so every op
+    (FSDP's all-gathers, TP's redistributions, the CPU attention kernel) runs as in training, on
+    shapes only.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     t, p = cfg.train, cfg.parallel
-    rows, seq = micro_batch(cfg, dims), seq_len_of(cfg)
+    seq = seq_len_of(cfg)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
+    results = []
     with FakeTensorMode(allow_non_fake_inputs=True):  # to_empty reads the meta parameters
         part.to_empty(device="cpu")
-        # Inputs and targets are two views of one (rows, seq + 1) window, as the loader makes them.
-        window = torch.zeros(rows, seq + 1, dtype=torch.long)
-        if first:
-            x = window[:, :-1]
-        else:
-            # A later stage receives the previous stage's output: this rank's sequence shard under SP.
-            shard = seq // dims.tp if p.tensor_parallel and p.sequence_parallel else seq
-            x = torch.zeros(rows, shard, config.n_embd, requires_grad=True)
-        with SavedActivations() as meter, loss_parallel() if p.loss_parallel else contextlib.nullcontext(), autocast:
-            out = part(x)
-            if last:
-                cross_entropy(out, window[:, 1:])
-    return meter.peak
+        for r in rows:
+            # Inputs and targets are two views of one (rows, seq + 1) window, as the loader makes them
+            # (under context parallelism, of this rank's two chunks: seq / cp tokens).
+            window = torch.zeros(r, seq // dims.cp + 1, dtype=torch.long)
+            if first:
+                x = window[:, :-1]
+            else:
+                # A later stage receives the previous stage's output: this rank's sequence shard.
+                x = torch.zeros(r, stage_input_tokens(cfg, dims, seq), config.n_embd, requires_grad=True)
+            loss_ctx = loss_parallel() if p.loss_parallel else contextlib.nullcontext()
+            with CollectiveBytes(dims.world_size) as comms, SavedActivations() as meter, loss_ctx, autocast:
+                out = part(x)
+                if last:
+                    cross_entropy(out, window[:, 1:])
+            results.append((meter.peak, comms.bytes))
+            del out
+            for module in part.modules():  # a stage that keeps its gathered weights would skip the next size's gathers
+                if isinstance(module, FSDPModule):
+                    module.reshard()
+    return results
+
+
+def stage_input_tokens(cfg, dims: ParallelDims, seq: int) -> int:
+    """Tokens per sequence a later pipeline stage receives: split over tp under SP, over cp under CP."""
+    p = cfg.parallel
+    if p.tensor_parallel and p.sequence_parallel:
+        seq //= dims.tp
+    if p.context_parallel:
+        seq //= dims.cp
+    return seq
 
 
 def format_report(report: dict, cfg, config: GPTConfig) -> str:
-    m = report["mesh"]
+    mesh = " x ".join(f"{dim} {size}" for dim, size in report["mesh"].items())
     lines = [
-        f"dry run: parallel={report['parallel']} on {report['world_size']} ranks "
-        f"(pp {m['pp']} x dp_replicate {m['dp_replicate']} x dp_shard {m['dp_shard']} x tp {m['tp']}), "
+        f"dry run: parallel={report['parallel']} on {report['world_size']} ranks ({mesh}), "
         f"model={report['model']} {report['params'] / 1e6:.0f}M params "
         f"({config.n_layer}L/{config.n_head}H/{config.n_embd}d, vocab {config.vocab_size})",
-        f"per rank: micro-batch of {report['micro_batch']} x {seq_len_of(cfg)} tokens, "
+        f"per rank: micro-batch of {report['micro_batch']} x {seq_len_of(cfg) // report['mesh']['cp']} tokens, "
         f"dtype {cfg.train.dtype}, activation checkpointing {cfg.train.activation_checkpointing}; plan is valid",
         f"{'rank':>6} {'stages':>8} {'params':>10} {'grads':>10} {'optim':>10} {'activations':>12} {'total':>10}  (GiB)",
     ]

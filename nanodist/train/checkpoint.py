@@ -11,7 +11,8 @@ On disk, in <output_dir>/checkpoints/:
     step_0000100/         complete: renamed from .tmp by rank 0 once every rank's files are in
       .metadata, *.distcp   DCP: "model.<name>" and "optim.<name>.<exp_avg|exp_avg_sq|step>"
       rng_rank<r>.pt        rank r's RNG states (restored only under the same layout)
-      meta.json             written last: step, the Trainer's state, model shape, tokenizer, file sizes
+      meta.json             written last: step, the Trainer's state, model shape, tokenizer, each
+                            file's size and SHA-256
 
 The learning rate is a function of the step, so the step is all the schedule needs.
 """
@@ -40,6 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from nanodist.config import ConfigError
+from nanodist.data.files import checksum
 from nanodist.model import GPT, GPTConfig
 from nanodist.train.rng import rng_state, set_rng_state
 
@@ -50,7 +52,7 @@ warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavai
 META = "meta.json"
 STEP_DIR = re.compile(r"step_(\d+)")
 # The fields of GPTConfig that decide tensor shapes (dropout does not).
-SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "tie_embeddings")
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "tie_embeddings", "true_vocab_size")
 
 
 class CheckpointError(ConfigError):
@@ -77,22 +79,27 @@ def read_checkpoint_meta(path: Path) -> dict:
     return json.loads((Path(path) / META).read_text())
 
 
-def problem(path: Path) -> Optional[str]:
-    """Why the checkpoint at `path` is incomplete or damaged (a missing or resized file), or None.
+def problem(path: Path, checksums: bool = True) -> Optional[str]:
+    """Why the checkpoint at `path` is incomplete or damaged (a missing, resized or altered file), or None.
 
-    meta.json, written last, records every file's size: a truncated or half-copied checkpoint is
-    caught here without reading any tensor. Damage that keeps sizes is caught when DCP reads it.
+    meta.json, written last, records every file's size and SHA-256. Sizes catch a truncated or
+    half-copied checkpoint for free; the checksums (one read of every file, ~1 GB/s) catch damage
+    that keeps sizes, which DCP itself does not: a flipped byte inside a tensor loads silently.
+    Checkpoints written before checksums were recorded are checked by size only.
     """
     try:
         meta = read_checkpoint_meta(path)
     except (OSError, ValueError):
         return f"its {META} is missing or unreadable"
+    digests = meta.get("sha256", {}) if checksums else {}
     for name, size in meta["files"].items():
         file = path / name
         if not file.exists():
             return f"{name} is missing"
         if file.stat().st_size != size:
             return f"{name} has {file.stat().st_size} bytes instead of {size}"
+        if name in digests and checksum(file) != digests[name]:
+            return f"{name} does not match its SHA-256 in {META}"
     return None
 
 
@@ -124,16 +131,22 @@ def check_resume_from(path: str, model_cfg) -> None:
 
     The vocabulary size may come from the dataset (and padding), so it is checked on load instead.
     """
-    usable = [p for p in checkpoint_dirs(Path(path)) if problem(p) is None]
+    # Sizes only: rank 0 verifies the checksums of the one it loads, and reading every file twice
+    # would double the start-up cost of a large checkpoint.
+    usable = [p for p in checkpoint_dirs(Path(path)) if problem(p, checksums=False) is None]
     if not usable:
         raise CheckpointError(f"checkpoint.resume_from={path} holds no complete checkpoint; point it at a step_N dir or a run dir.")
-    wanted = {k: model_cfg[k] for k in SHAPE_FIELDS if k != "vocab_size"}
+    wanted = {k: model_cfg[k] for k in SHAPE_FIELDS if k not in ("vocab_size", "true_vocab_size")}
     check_shape(usable[0], read_checkpoint_meta(usable[0])["model"], wanted)
 
 
-def param_names(parts: list[nn.Module]) -> dict[nn.Parameter, str]:
-    """Each parameter's name in the full model, over all the model parts (pipeline stages) of a rank."""
-    return {param: name for part in parts for name, param in part.named_parameters()}
+def param_names(parts: list[GPT]) -> dict[nn.Parameter, str]:
+    """Each parameter's name in the full model, over all the model parts (pipeline stages) of a rank.
+
+    A tied head's copy on the last pipeline stage takes the embedding's name, so its optimizer
+    state is the embedding's in every layout (one process holds one parameter under that name).
+    """
+    return {param: part.source_name(name) for part in parts for name, param in part.named_parameters()}
 
 
 def optimizer_state(parts: list[nn.Module], optimizer: torch.optim.Optimizer) -> dict:
@@ -252,13 +265,16 @@ class Checkpointer:
                 return
         if self.rank != 0:
             return
-        meta["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.name != META}
+        files = [f for f in sorted(tmp.iterdir()) if f.name != META]
+        hashing = time.perf_counter()  # an async save hashes here, in its background thread
+        meta["files"], meta["sha256"] = {f.name: f.stat().st_size for f in files}, {f.name: checksum(f) for f in files}
+        hashing = time.perf_counter() - hashing
         (tmp / META).write_text(json.dumps(meta, indent=1))
         final = tmp.with_suffix("")
         if final.exists():  # an unusable checkpoint of the same step, skipped on resume
             shutil.rmtree(final)
         tmp.rename(final)
-        log.info(f"saved checkpoint {final} in {time.perf_counter() - start:.2f}s")
+        log.info(f"saved checkpoint {final} in {time.perf_counter() - start:.2f}s ({hashing:.3f}s of it checksums)")
         self._prune()
 
     def _prune(self) -> None:
@@ -277,6 +293,8 @@ class Checkpointer:
         """
         candidates = self._candidates(resume_from)
         for path, reason in candidates:
+            if reason is None:  # sizes fit: now the checksums, of this one only (one read of every file)
+                reason = self._on_rank0(lambda: problem(path))
             if reason is None:
                 meta = read_checkpoint_meta(path)
                 check_shape(path, meta["model"], self.info["model"])
@@ -291,21 +309,28 @@ class Checkpointer:
         return None
 
     def _candidates(self, resume_from: Optional[str]) -> list[tuple[Path, Optional[str]]]:
-        """(checkpoint, problem) pairs, newest first, as rank 0 sees them: every rank tries the same ones."""
-        found = None
-        if self.rank == 0:
-            found = [(p, problem(p)) for p in checkpoint_dirs(self.root)]
-            if resume_from:
-                others = checkpoint_dirs(Path(resume_from))
-                found = found + [(p, problem(p)) for p in others] if others else CheckpointError(
-                    f"checkpoint.resume_from={resume_from} holds no checkpoint.")
-        if self.distributed:
-            box = [found]
-            dist.broadcast_object_list(box, src=0, group=self.group)
-            found = box[0]
+        """(checkpoint, problem by sizes) pairs, newest first, as rank 0 sees them: every rank tries the same ones."""
+
+        def listed():
+            found = [(p, problem(p, checksums=False)) for p in checkpoint_dirs(self.root)]
+            if not resume_from:
+                return found
+            others = checkpoint_dirs(Path(resume_from))
+            if not others:
+                return CheckpointError(f"checkpoint.resume_from={resume_from} holds no checkpoint.")
+            return found + [(p, problem(p, checksums=False)) for p in others]
+
+        found = self._on_rank0(listed)
         if isinstance(found, CheckpointError):
             raise found
         return found
+
+    def _on_rank0(self, compute):
+        """`compute()`'s result, computed by rank 0 alone (one reader of the shared files) and given to every rank."""
+        box = [compute() if self.rank == 0 else None]
+        if self.distributed:
+            dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
 
     def _load(self, path: Path, meta: dict) -> Optional[str]:
         """Load model, optimizer and (same layout only) RNG states from `path`; the reason it failed, or None."""

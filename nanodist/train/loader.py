@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nanodist.data import data_dir
+from nanodist.data import data_dir, read_meta
+from nanodist.data.files import TokenFiles
 
 SPLIT_SEED = {"train": 0, "val": 1}
 
@@ -43,7 +44,8 @@ class TokenLoader:
         self.split, self.seq_len, self.layout, self.seed = split, seq_len, layout, seed
         self.vocab_size = vocab_size
         self.synthetic = data_cfg.name == "synthetic"
-        self.tokens = None if self.synthetic else np.memmap(data_dir(data_cfg) / f"{split}.bin", dtype=np.uint16, mode="r")
+        # Every file meta.json lists for the split (one, or shards), uint16 or uint32, as one sequence.
+        self.tokens = None if self.synthetic else TokenFiles(data_dir(data_cfg), read_meta(data_cfg), split)
         if self.tokens is not None and len(self.tokens) <= seq_len:
             raise ValueError(f"{split}.bin holds {len(self.tokens)} tokens, too few for sequences of {seq_len}.")
 
@@ -61,6 +63,6 @@ class TokenLoader:
             if self.synthetic:
                 chunk = windows[rows]
             else:
-                chunk = torch.from_numpy(np.stack([self.tokens[s : s + t + 1] for s in starts[rows]]).astype(np.int64))
+                chunk = torch.from_numpy(np.stack([self.tokens.window(s, t + 1) for s in starts[rows]]))
             out.append((chunk[:, :-1], chunk[:, 1:]))
         return out

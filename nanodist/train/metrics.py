@@ -1,13 +1,18 @@
 """What a run reports: one record per logged step in metrics.jsonl, a progress line, and the sinks
 (wandb, tensorboard) that mirror the same records when chosen; rank 0 only.
+
+metrics.jsonl and summary.json are JSON that any reader parses: Python's json writes NaN and
+Infinity, which JSON has not, so a diverged loss is written as null, its reason beside it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import OmegaConf
 
@@ -45,7 +50,7 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"elapsed": round(time.perf_counter() - self.start, 3), **record}
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(to_json(record) + "\n")
         self.file.flush()
         if self.wandb_run is not None:
             self.wandb_run.log(record, step=record["step"])
@@ -76,6 +81,30 @@ class MetricsLog:
             self.wandb_run.finish()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def finite_only(record: dict) -> dict:
+    """`record` with every NaN or infinity replaced by null, and under "non_finite" what each was
+    ({"loss": "nan"}; a nested value by its dotted key), so a reader still sees why it is missing."""
+    reasons: dict[str, str] = {}
+
+    def clean(value, key: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            reasons[key] = str(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{key}.{i}") for i, v in enumerate(value)]
+        return value
+
+    cleaned = clean(record, "")
+    return {**cleaned, "non_finite": reasons} if reasons else cleaned
+
+
+def to_json(record: dict, indent: Optional[int] = None) -> str:
+    """`record` as strict JSON (see `finite_only`); json refuses, rather than writes, anything else."""
+    return json.dumps(finite_only(record), indent=indent, allow_nan=False)
 
 
 def drop_steps_from(path: Path, first_step: int) -> None:

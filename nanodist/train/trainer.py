@@ -23,7 +23,6 @@ from nanodist.data import read_meta, tokenizer_for
 from nanodist.model import flops_per_token, generate_text, gpt_config, num_params
 from nanodist.parallel.clip import clip_grad_norm_
 from nanodist.parallel.dims import ParallelDims
-from nanodist.parallel.parallelize import set_gradient_sync
 from nanodist.parallel.process_group import RankInfo
 from nanodist.parallel.runner import build_runner
 from nanodist.parallel.tensors import unique_parameters
@@ -39,6 +38,7 @@ from nanodist.train.meters import (
 )
 from nanodist.train.metrics import MetricsLog
 from nanodist.train.optim import build_optimizer, lr_at
+from nanodist.train.pretrained import load_pretrained
 from nanodist.train.rng import rank_seed
 from nanodist.train.state import TrainState
 
@@ -72,6 +72,8 @@ class Trainer:
         resumed = self.checkpointer.resume(cfg.checkpoint.resume_from)
         if resumed is not None:
             self.state.load_state_dict(resumed["trainer"])
+        elif cfg.checkpoint.init_from:  # pretrained weights start a run; its own checkpoints continue it
+            load_pretrained(self.runner.parts, cfg.checkpoint.init_from, self.model_config)
         self.metrics = MetricsLog(cfg.output_dir, cfg, t.max_steps, enabled=self.rank.is_main, print_fn=log.info,
                                   first_step=self.state.step)
         self.build_meters()
@@ -101,18 +103,14 @@ class Trainer:
         self.timed_this_attempt = False  # this attempt's first logged step carries its warm-up
         log.info(f"model {c.n_layer}L/{c.n_head}H/{c.n_embd}d, vocab {c.vocab_size}, {num_params(c) / 1e6:.2f}M params | "
                  f"parallel={self.cfg.parallel.name} mesh pp={d.pp} dp_replicate={d.dp_replicate} dp_shard={d.dp_shard} "
-                 f"tp={d.tp} | device {self.device}")
+                 f"cp={d.cp} tp={d.tp} | device {self.device}")
 
     # ---- one step ----
 
     def forward_backward(self, step: int) -> torch.Tensor:
         """The gradients of step `step`'s batch; returns this rank's share of its mean loss."""
-        micro_batches = self.train_loader.micro_batches(step)
-        total = torch.zeros((), device=self.device)
-        for i, (x, y) in enumerate(micro_batches):
-            set_gradient_sync(self.runner.parts, i == len(micro_batches) - 1)  # reduce once, on the last
-            total += self.runner.forward_backward(x.to(self.device), y.to(self.device))
-        return total
+        micro_batches = [(x.to(self.device), y.to(self.device)) for x, y in self.train_loader.micro_batches(step)]
+        return self.runner.forward_backward(micro_batches)
 
     def train_step(self) -> dict:
         """One optimizer step: gradients, clipping, the update (or the NaN policy); returns the step's record."""
@@ -124,7 +122,7 @@ class Trainer:
         start = time.perf_counter()
         with attention_backend(t.sdpa_backend), self.activations if step == self.measured_step else contextlib.nullcontext():
             loss = self.forward_backward(step)
-        grad_norm = clip_grad_norm_(self.params, self.cfg.optim.grad_clip, self.pp_group)
+        grad_norm = clip_grad_norm_(self.params, self.cfg.optim.grad_clip, self.pp_group, self.runner.uncounted)
         if torch.isfinite(grad_norm):  # the global norm: every rank takes the same branch
             self.optimizer.step()
         else:
@@ -194,14 +192,15 @@ class Trainer:
         return self.global_mean(total / (t.eval_iters * t.grad_accum))
 
     def global_mean(self, value: torch.Tensor) -> float:
-        """This rank's loss share averaged over data-parallel ranks; only the last pp stage holds it."""
+        """This rank's loss share averaged over data- and context-parallel ranks (each holds the mean
+        over its own rows or tokens, all equally many); only the last pp stage holds it."""
         if self.mesh is None:
             return value.item()
         value = value.detach().clone()
         if self.pp_group is not None:
             dist.all_reduce(value, group=self.pp_group)  # the other stages contribute 0
-        dist.all_reduce(value, group=self.mesh["dp"].get_group())
-        return value.item() / self.dims.dp
+        dist.all_reduce(value, group=self.mesh["dp_cp"].get_group())
+        return value.item() / (self.dims.dp * self.dims.cp)
 
     # ---- the loop ----
 
@@ -279,7 +278,7 @@ class Trainer:
             "wall_time_s": s.wall_time_s,
             "world_size": self.rank.world_size,
             "parallel": cfg.parallel.name,
-            "mesh": {"pp": d.pp, "dp_replicate": d.dp_replicate, "dp_shard": d.dp_shard, "tp": d.tp},
+            "mesh": asdict(d),
             "model": cfg.model.name,
             "data": cfg.data.name,
             "params": num_params(self.model_config),
