@@ -3,9 +3,9 @@
     python benchmarks/pp_fsdp_comms.py [--accum 4] [--mesh 2x2] [override ...]
 
 Runs pp_fsdp (1F1B stages, each FSDP2 over dp_shard) through the product, and on every rank counts
-the c10d collectives of one optimizer step (as the dispatcher sees them, step 1: step 0 carries the
-schedule's shape inference; torch's CommDebugMode cannot be used, its module hooks fail inside a
-pipeline stage) beside per-rank state bytes, the activation peak and the losses. Run
+the c10d collectives of one optimizer step (`nanodist.tools.collectives`, the planner's counter, at
+step 1: step 0 carries the schedule's shape inference; torch's CommDebugMode cannot be used, its
+module hooks fail inside a pipeline stage) beside per-rank state bytes, the activation peak and the losses. Run
 it in a checkout before and after a change to compare; both print the same table.
 """
 
@@ -14,25 +14,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from collections import Counter
-
 from common import RESULTS, run, write_results
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from nanodist.tools.collectives import CollectiveBytes
 from nanodist.train.callbacks import Callback
-
-
-class CountCollectives(TorchDispatchMode):
-    """Counts the c10d ops (all-gathers, reduce-scatters, all-reduces, sends, ...) dispatched while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts: Counter = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "c10d":
-            self.counts[func.__name__.split(".")[0]] += 1
-        return func(*args, **(kwargs or {}))
 
 
 class CommCounter(Callback):
@@ -43,13 +28,13 @@ class CommCounter(Callback):
 
     def on_step_start(self, trainer, step: int) -> None:
         if step == self.step:
-            self.mode = CountCollectives()
+            self.mode = CollectiveBytes(trainer.rank.world_size)
             self.mode.__enter__()
 
     def on_step_end(self, trainer, record: dict) -> None:
         if record["step"] == self.step:
             self.mode.__exit__(None, None, None)
-            counts = dict(self.mode.counts)
+            counts = dict(self.mode.calls)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / f"rank{trainer.rank.rank}.json").write_text(json.dumps(counts))
 

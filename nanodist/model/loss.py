@@ -50,7 +50,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         h, t = hidden.flatten(0, -2), targets.flatten()
         n, vocab = t.numel(), true_vocab_size or weight.size(0)
         w = weight[:vocab]
-        grad_h, grad_w = torch.empty_like(h), torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        grad_h, full_grad_w = torch.empty_like(h), torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_w = full_grad_w[:vocab]  # the padding rows get no gradient
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for start in range(0, n, chunk):
             h_c, t_c = h[start:start + chunk], t[start:start + chunk]
@@ -62,8 +63,6 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_logits = (grad_logits / n).to(h.dtype)
             grad_h[start:start + chunk] = grad_logits @ w
             grad_w += grad_logits.t().float() @ h_c.float()
-        full_grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        full_grad_w[:vocab] = grad_w
         ctx.save_for_backward(grad_h.view_as(hidden), full_grad_w.to(weight.dtype))
         return total / n
 

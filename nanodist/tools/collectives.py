@@ -43,12 +43,14 @@ def parse_key(key: str) -> tuple[str, int, int]:
 
 
 class CollectiveBytes(TorchDispatchMode):
-    """While active, `bytes[collective_key(...)]` sums the payload of every collective dispatched."""
+    """While active, `bytes[collective_key(...)]` sums the payload of every collective dispatched,
+    and `calls[op]` counts them by op name (how often, e.g. FSDP's reduce-scatters per step)."""
 
     def __init__(self, world_size: int):
         super().__init__()
         self.world_size = world_size
         self.bytes: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         packet = func._schema.name.split("::")
@@ -69,6 +71,7 @@ class CollectiveBytes(TorchDispatchMode):
             payload *= len(ranks)
         key = collective_key(kind, len(ranks), max(ranks))
         self.bytes[key] = self.bytes.get(key, 0) + payload
+        self.calls[op] = self.calls.get(op, 0) + 1
 
 
 def is_process_group(obj: torch.ScriptObject) -> bool:
