@@ -24,6 +24,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 from nanodist.config import register_configs, seq_len_of  # noqa: E402
 from nanodist.launch.local import launch  # noqa: E402
+from nanodist.tools.collectives import CollectiveBytes  # noqa: E402
 from nanodist.train.callbacks import Callback  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before us
@@ -74,6 +75,26 @@ class Probe(Callback):
         seen = {"rank": trainer.rank.rank, **self.figures(), **{k: v for k, v in summary.items() if k.endswith("_bytes")}}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.rank.rank}.json").write_text(json.dumps(seen))
+
+
+class CommCounter(Callback):
+    """The collectives this rank issues during step `step` (by op: how many calls; by kind and group:
+    how many payload bytes), written to out_dir/rank<r>.json."""
+
+    def __init__(self, step: int, out_dir: Path):
+        self.step, self.out_dir, self.mode = step, out_dir, None
+
+    def on_step_start(self, trainer, step: int) -> None:
+        if step == self.step:
+            self.mode = CollectiveBytes(trainer.rank.world_size)
+            self.mode.__enter__()
+
+    def on_step_end(self, trainer, record: dict) -> None:
+        if record["step"] == self.step:
+            self.mode.__exit__(None, None, None)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            seen = {"calls": self.mode.calls, "bytes": self.mode.bytes}
+            (self.out_dir / f"rank{trainer.rank.rank}.json").write_text(json.dumps(seen))
 
 
 @contextlib.contextmanager

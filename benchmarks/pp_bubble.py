@@ -2,6 +2,8 @@
 
     python benchmarks/pp_bubble.py [--pp 4] [--microbatches 4 8] [--ms 20] [--steps 3]
 
+The first row is naive model parallelism (`parallel=model_parallel`: one batch flowing stage to stage,
+a GPipe schedule of one microbatch), the baseline the schedules are measured against.
 Stages sleep instead of computing (F = I = W = --ms, 1/v each with v stages per rank), so ranks on a
 few cores do not slow one another; bubble = 1 - time asleep / wall time. Stage placement, schedules
 and the ranks' start are the product's (nanodist.parallel.pp, nanodist.launch.local).
@@ -75,16 +77,18 @@ def measure(name: str, pp: int, m: int, seconds: float, steps: int) -> float:
 
 
 def worker(args) -> list[tuple]:
-    """One rank (torch elastic set up the rendezvous): every schedule at every m; the bubble is the mean over ranks."""
+    """One rank (torch elastic set up the rendezvous): every schedule at every m, after naive model
+    parallelism (parallel=model_parallel: GPipe of one microbatch); the bubble is the mean over ranks."""
     dist.init_process_group("gloo")
     rows = []
-    for name, m in ((name, m) for name in PP_SCHEDULES for m in args.microbatches):
+    runs = [("model_parallel", "GPipe", 1)] + [(name, name, m) for name in PP_SCHEDULES for m in args.microbatches]
+    for label, name, m in runs:
         if name == "DualPipeV" and m < 2 * args.pp:  # it needs m >= 2p
-            rows.append((name, m, None))
+            rows.append((label, name, m, None))
             continue
         bubble = torch.tensor(measure(name, args.pp, m, args.ms / 1000, args.steps))
         dist.all_reduce(bubble)
-        rows.append((name, m, bubble.item() / args.pp))
+        rows.append((label, name, m, bubble.item() / args.pp))
     dist.destroy_process_group()
     return rows
 
@@ -99,9 +103,9 @@ def main() -> None:
     rows, p = elastic_launch(local_launch_config(args.pp, max_restarts=0), worker)(args)[0], args.pp
     print(f"pp={p}, F=I=W={args.ms} ms per stage per microbatch (1/v of it with v stages per rank), {args.steps} timed steps")
     print(f"{'schedule':<22} {'stages/rank':>11} {'m':>3} {'measured bubble':>16} {'(p-1)/(m+p-1)':>14}")
-    for name, m, bubble in rows:
+    for label, name, m, bubble in rows:
         measured = "n/a (m < 2p)" if bubble is None else f"{bubble:.3f}"
-        print(f"{name:<22} {1 if PP_SCHEDULES[name] == 'single' else 2:>11} {m:>3} {measured:>16} {(p - 1) / (m + p - 1):>14.3f}")
+        print(f"{label:<22} {1 if PP_SCHEDULES[name] == 'single' else 2:>11} {m:>3} {measured:>16} {(p - 1) / (m + p - 1):>14.3f}")
 
 
 if __name__ == "__main__":

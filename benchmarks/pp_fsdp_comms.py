@@ -14,29 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, run, write_results
-
-from nanodist.tools.collectives import CollectiveBytes
-from nanodist.train.callbacks import Callback
-
-
-class CommCounter(Callback):
-    """The collectives this rank issues during step `step`, written to out_dir/rank<r>.json."""
-
-    def __init__(self, step: int, out_dir: Path):
-        self.step, self.out_dir, self.mode = step, out_dir, None
-
-    def on_step_start(self, trainer, step: int) -> None:
-        if step == self.step:
-            self.mode = CollectiveBytes(trainer.rank.world_size)
-            self.mode.__enter__()
-
-    def on_step_end(self, trainer, record: dict) -> None:
-        if record["step"] == self.step:
-            self.mode.__exit__(None, None, None)
-            counts = dict(self.mode.calls)
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / f"rank{trainer.rank.rank}.json").write_text(json.dumps(counts))
+from common import RESULTS, CommCounter, run, write_results
 
 
 def main() -> None:
@@ -50,7 +28,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         summary, probes = run(overrides, work, steps=1, warmup=2, callbacks=[CommCounter(1, work / "comms")])
-        comms = [json.loads(p.read_text()) for p in sorted((work / "comms").glob("rank*.json"), key=lambda p: int(p.stem[4:]))]
+        comms = [json.loads(p.read_text())["calls"] for p in sorted((work / "comms").glob("rank*.json"), key=lambda p: int(p.stem[4:]))]
         losses = [json.loads(line)["loss"] for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     print(f"pp_fsdp mesh={args.mesh}, grad_accum={args.accum}: collectives in one optimizer step, per rank")
     ops = sorted({op for c in comms for op in c})

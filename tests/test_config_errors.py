@@ -29,6 +29,14 @@ BAD_INPUTS = [
     ("cp_with_ddp", ["parallel=cp", "mesh.cp=2", "parallel.data_parallel=ddp"], "not DDP or HSDP"),
     ("cp_sp_seq", ["parallel=fsdp_tp_cp", "mesh.shape=1x2x4", "train.seq_len=12"],
      "splits the 6-token sequence over mesh.tp=4"),
+    ("reference_pipeline", ["parallel=pp_1f1b", "mesh.pp=2", "parallel.implementation=reference"],
+     "covers data and tensor parallelism only"),
+    ("reference_single", ["parallel.implementation=reference"], "has nothing to replace"),
+    ("reference_compile", ["parallel=ddp", "mesh=ranks2", "parallel.implementation=reference", "train.compile=true"],
+     "runs eagerly"),
+    ("zero1_without_ddp", ["parallel=fsdp", "mesh=ranks2", "parallel.shard_optimizer=true"],
+     "shards the optimizer over DDP replicas"),
+    ("implementation_name", ["parallel.implementation=custom"], "parallel.implementation"),
 ]
 
 

@@ -72,3 +72,58 @@ def test_dry_run_3d_gives_every_pipeline_rank(tmp_path):
     assert report["world_size"] == 8
     assert [(r["rank"], r["stages"]) for r in report["ranks"]] == [(0, [0]), (4, [1])]
     assert all(r["param_bytes"] > 0 and r["activation_bytes"] > 0 for r in report["ranks"])
+
+
+def nano_layout(*overrides: str):
+    """(config, dims, model config) of the nano model (8 layers, vocabulary 128) under `overrides`."""
+    from hydra import compose, initialize_config_dir
+
+    from nanodist.model import gpt_config
+    from nanodist.parallel.dims import ParallelDims
+
+    register_configs()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=nano", "data=synthetic", "data.synthetic_vocab_size=128", "model.n_layer=8",
+                                           "train.batch_size=8", "model.block_size=64", "output_dir=unused", *overrides])
+    return cfg, ParallelDims.from_config(cfg), gpt_config(cfg, 128)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["parallel=fsdp", "mesh.dp_shard=2"],
+    ["parallel=tp_sp", "mesh.tp=2"],  # sequence parallel: the block's share from two blocks less one
+    ["parallel=pp_cp", "mesh.pp=4", "mesh.cp=2"],  # first, middle and last stages of two blocks
+    ["parallel=3d", "mesh.pp=2", "mesh.dp_shard=2", "mesh.tp=2", "train.activation_checkpointing=full"],
+], ids=["fsdp", "tp_sp", "pp_cp", "3d_ac"])
+def test_a_stage_from_its_first_block_and_one_blocks_share_equals_building_every_block(overrides):
+    from nanodist.tools import dryrun
+
+    cfg, dims, config = nano_layout(*overrides)
+    rows = [dryrun.micro_batch(cfg, dims)]
+    with dryrun.fake_process_group(0, dims.world_size):
+        mesh = dims.build_mesh("cpu")
+        for pp_rank in range(dims.pp):
+            for spec in dryrun.stage_specs(cfg, dims, config, pp_rank):
+                stage, layers, first, last = spec
+                every_block = dryrun.measure_stage(cfg, dims, mesh, config, layers, first, last, rows)
+                assert dryrun.stage_figures(cfg, dims, mesh, config, spec, rows, {}) == {"stage": stage, **every_block}
+
+
+@pytest.mark.parametrize("strategy, mesh", [("pp_cp", ["mesh.pp=2", "mesh.cp=4"]), ("fsdp_cp", ["mesh.dp_shard=2", "mesh.cp=4"])])
+def test_long_rings_and_many_micro_batch_sizes_are_measured_small_and_extrapolated_exactly(monkeypatch, strategy, mesh):
+    """A cp ring of 4 from rings of 1 and 2 steps, micro-batches of 4 and 8 rows from 2 and 3: the same
+    figures, to the byte, as running them all."""
+    from nanodist.tools import dryrun
+
+    cfg, dims, config = nano_layout(f"parallel={strategy}", *mesh)
+    rows = [1, 2, 4, 8]
+
+    def positions() -> list[dict]:
+        with dryrun.fake_process_group(0, dims.world_size):
+            device_mesh = dims.build_mesh("cpu")
+            return [dryrun.estimate_position(cfg, dims, device_mesh, config, r, rows) for r in range(dims.pp)]
+
+    extrapolated = positions()
+    monkeypatch.setattr(dryrun, "FULL_RING_UP_TO", 4)
+    monkeypatch.setattr(dryrun, "MEASURED_SIZES_UP_TO", 4)
+    assert extrapolated == positions()
+    assert all(p["collectives"][8] != p["collectives"][1] for p in extrapolated), "the ring's exchanges grow with the rows"

@@ -61,12 +61,14 @@ def test_a_waiting_rank_ends_within_seconds_of_a_failure_elsewhere(event, tmp_pa
     (None, None),
     ("1:3:step:raise", Fault(1, 3, "step", "raise")),
     ("0:4:save:kill", Fault(0, 4, "save", "kill")),
+    ("1:2:eval:kill", Fault(1, 2, "eval", "kill")),
+    ("1:4:write:enospc", Fault(1, 4, "write", "enospc")),
 ])
 def test_a_fault_spec_is_read(spec, fault):
     assert parse_fault(spec) == fault
 
 
-@pytest.mark.parametrize("spec", ["1:3:step", "one:3:step:raise", "1:-3:step:raise", "1:3:eval:raise", "1:3:step:explode"])
+@pytest.mark.parametrize("spec", ["1:3:step", "one:3:step:raise", "1:-3:step:raise", "1:3:backward:raise", "1:3:step:explode"])
 def test_a_malformed_fault_spec_is_refused_in_one_sentence(spec):
     with pytest.raises(ConfigError) as err:
         parse_fault(spec)

@@ -113,9 +113,11 @@ def test_gpt2_runs_a_step_on_cpu(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_gpt2_xl_under_fsdp_never_holds_the_full_model_on_a_rank(tmp_path):
+@pytest.mark.parametrize("implementation", ["native", "reference"])
+def test_gpt2_xl_under_fsdp_never_holds_the_full_model_on_a_rank(implementation, tmp_path):
     """Built on the meta device and materialised shard by shard: each rank's peak RSS stays below the model."""
     launch(tmp_path, "model=gpt2_xl", "data=synthetic", "parallel=fsdp", "mesh.dp_shard=2", "train.max_steps=0",
+           f"parallel.implementation={implementation}",
            "train.sample_tokens=0", "train.eval_interval=0", "checkpoint.enabled=false", timeout=600)
     summary = read_summary(tmp_path)
     full_model_bytes = summary["params"] * 4

@@ -4,7 +4,8 @@ One table, one test: each row is a strategy and mesh, run for real through launc
 gloo ranks on CPU) on the same global batch, and compared step by step with the single-process
 run of the same model. Pipeline rows run twice: tied (the embedding on the first stage and the
 head's copy on the last, their gradients summed) and untied, each against the single-process run
-of the same model. Tolerance rtol 1e-5; measured differences are ~1e-7 (fp32 reduction order only),
+of the same model. Rows of DDP, FSDP and TP layouts run again with nanodist's own implementations
+(`parallel.implementation=reference`), against one process and against the native row. Tolerance rtol 1e-5; measured differences are ~1e-7 (fp32 reduction order only),
 ~1e-6 in the context-parallel rows (attention summed block by block, not by SDPA's fused kernel).
 """
 
@@ -32,7 +33,18 @@ NON_PIPELINED = [
     ("tp(2)", ["parallel=tp", "mesh.tp=2"], TIED),
     ("tp_sp(2)", ["parallel=tp_sp", "mesh.tp=2"], TIED),
     ("fsdp_tp(2x2)", ["parallel=fsdp_tp", "mesh=2x2"], TIED),
+    ("ddp_tp(2x2)", ["parallel=ddp_tp", "mesh=2x2"], TIED),
+    ("zero1(2)", ["parallel=zero1", "mesh=ranks2"], TIED),
+    ("model_parallel(2)", ["parallel=model_parallel", "mesh=ranks2"], TIED),
 ]
+# Rows that also run with parallel.implementation=reference (nanodist's own DDP, FSDP, TP), against one
+# process and against the native row (test_reference_matches_its_native_twin), plus two reference-only ones.
+REFERENCE = [row[:2] for row in NON_PIPELINED if row[0] in (
+    "ddp(2)", "fsdp(2)", "hsdp(2x2)", "fsdp(2)+accum(2)", "tp(2)", "tp_sp(2)", "fsdp_tp(2x2)", "ddp_tp(2x2)", "zero1(2)")] + [
+    ("ddp(2)+accum(2)", ["parallel=ddp", "mesh.dp_replicate=2", "train.grad_accum=2"]),
+    ("fsdp(2)+checkpointing", ["parallel=fsdp", "mesh.dp_shard=2", "train.activation_checkpointing=full"]),
+]
+REFERENCE_IMPL = "parallel.implementation=reference"
 # (id, strategy overrides): each runs with both context-parallel attention methods, tied.
 CONTEXT_PARALLEL = [
     ("cp(2)", ["parallel=cp", "mesh.cp=2"]),
@@ -65,20 +77,27 @@ STRATEGIES = NON_PIPELINED + [
     (f"{name} {method}", [*overrides, f"parallel.cp.method={method}"], TIED)
     for name, overrides in CONTEXT_PARALLEL
     for method in ("ring", "allgather")
-]
+] + [(f"{name} reference", [*overrides, REFERENCE_IMPL], TIED) for name, overrides in REFERENCE]
+
+
+def twins(name: str) -> tuple:
+    """A reference row, its native row and their comparison run on one xdist worker, sharing runs."""
+    base = name.removesuffix(" reference")
+    return (pytest.mark.xdist_group(f"parity {base}"),) if base in dict(REFERENCE) else ()
 
 
 @pytest.fixture(scope="module")
-def single_process_curves(tmp_path_factory) -> dict:
-    """The reference run for each model variant, made once when a row first asks for it."""
-    curves: dict = {}
+def curves(tmp_path_factory):
+    """Each run's metrics, made once per worker when a test first asks for it: the single-process
+    reference of each model variant, and a reference row's runs for its twin comparison."""
+    cache: dict = {}
 
-    def curve(model_overrides: tuple) -> list[dict]:
-        if model_overrides not in curves:
-            run_dir = tmp_path_factory.mktemp("single")
-            launch(run_dir, *COMMON, *model_overrides, "parallel=single")
-            curves[model_overrides] = read_metrics(run_dir)
-        return curves[model_overrides]
+    def curve(*overrides: str) -> list[dict]:
+        if overrides not in cache:
+            run_dir = tmp_path_factory.mktemp("run")
+            launch(run_dir, *COMMON, *overrides, timeout=600)
+            cache[overrides] = read_metrics(run_dir)
+        return cache[overrides]
 
     return curve
 
@@ -86,11 +105,20 @@ def single_process_curves(tmp_path_factory) -> dict:
 @pytest.mark.multiprocess
 @pytest.mark.parametrize(
     "overrides,model_overrides",
-    [pytest.param(row[1], row[2], id=row[0], marks=row[3:]) for row in STRATEGIES],
+    [pytest.param(row[1], row[2], id=row[0], marks=[*row[3:], *twins(row[0])]) for row in STRATEGIES],
 )
-def test_strategy_matches_single_process(overrides, model_overrides, single_process_curves, tmp_path):
-    launch(tmp_path, *COMMON, *model_overrides, *overrides, timeout=600)
-    curve, reference = read_metrics(tmp_path), single_process_curves(model_overrides)
+def test_strategy_matches_single_process(overrides, model_overrides, curves):
+    assert_same_curves(curves(*model_overrides, *overrides), curves(*model_overrides, "parallel=single"))
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("overrides", [pytest.param(o, id=name, marks=twins(name)) for name, o in REFERENCE])
+def test_reference_matches_its_native_twin(overrides, curves):
+    assert_same_curves(curves(*overrides, REFERENCE_IMPL), curves(*overrides))
+
+
+def assert_same_curves(curve: list[dict], reference: list[dict]) -> None:
+    """Every step's loss and grad norm, and every evaluation's val loss, equal at rtol 1e-5."""
     assert [r["step"] for r in curve] == [r["step"] for r in reference] == list(range(STEPS))
     assert [("val_loss" in r) for r in curve] == [("val_loss" in r) for r in reference]
     for ours, theirs in zip(curve, reference):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,22 @@ def test_world_size_4_on_two_nodes_and_a_failed_job_in_the_report(slurm_env, tmp
     assert failed["status"] == "failed" and "RuntimeError" in failed["error"]
     table = report(sweep)
     assert "| completed |" in table and "| failed |" in table and failed["error"] in table
+
+
+def test_one_sweep_mixes_world_sizes_each_job_on_the_nodes_its_mesh_fills(slurm_env, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = multirun(sweep, *JOB, "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=2", "parallel=ddp",
+                      "mesh=ranks2,ranks4", "train.max_steps=2", env=slurm_env, timeout=420)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    two, four = (read_summary(d) for d in job_dirs(sweep))
+    assert (two["status"], two["world_size"], four["status"], four["world_size"]) == ("completed", 2, "completed", 4)
+    # submitit's first line in each task's log: "... node=<node>(<nodes>), global_rank=<rank>(<world size>))"
+    tasks = {}
+    for log in sweep.glob(".submitit/*/*_log.out"):
+        nodes, world = re.search(r"node=\d+\((\d+)\), global_rank=\d+\((\d+)\)", log.read_text()).groups()
+        tasks.setdefault(log.parent.name, []).append((int(nodes), int(world)))
+    assert sorted(sorted(shape) for shape in tasks.values()) == [[(1, 2)] * 2, [(2, 4)] * 4], \
+        f"two submissions: 2 tasks on one node, 4 tasks on two nodes: {tasks}"
 
 
 def test_a_missing_partition_is_refused_before_submission(slurm_env, tmp_path):

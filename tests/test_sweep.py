@@ -64,14 +64,27 @@ def test_local_sweep_runs_past_a_failed_job_and_groups_its_runs(tmp_path):
 
 
 @pytest.mark.parametrize("mesh,tasks,words", [
-    ("mesh=ranks2", "hydra.launcher.tasks_per_node=4", "needs 2 ranks but hydra.launcher asks for 1 node(s) x 4 tasks_per_node = 4"),
-    ("mesh=ranks4", "hydra.launcher.tasks_per_node=2", "needs 4 ranks but hydra.launcher asks for 1 node(s) x 2 tasks_per_node = 2"),
-], ids=["more_tasks", "fewer_tasks"])
-def test_slurm_launcher_refuses_a_task_count_the_mesh_does_not_use(tmp_path, mesh, tasks, words):
+    ("mesh=ranks4", "hydra.launcher.tasks_per_node=2",
+     "needs 4 ranks = 2 nodes x 2 tasks_per_node, more than hydra.launcher.nodes=1 allows; set hydra.launcher.nodes=2."),
+    ("mesh.dp_replicate=3", "hydra.launcher.tasks_per_node=2",
+     "needs 3 ranks, which do not fill whole nodes of hydra.launcher.tasks_per_node=2; use at most 2 ranks or a multiple of 2."),
+], ids=["more_nodes", "part_nodes"])
+def test_slurm_launcher_refuses_a_mesh_the_nodes_do_not_fit(tmp_path, mesh, tasks, words):
     """Checked before any SLURM command runs, so this needs no cluster."""
-    result = multirun(tmp_path / "sweep", "hydra/launcher=slurm", "model=nano", "parallel=ddp,fsdp", mesh, tasks)
+    result = multirun(tmp_path / "sweep", "hydra/launcher=slurm", "model=nano", "parallel=ddp,hsdp", mesh, tasks)
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip()
-    assert line.startswith("error: job #0 (model=nano parallel=ddp") and words in line, line
-    assert "\n" not in line and line.endswith(".")
+    assert line.startswith("error: job #0 (model=nano parallel=ddp") and line.endswith(words), line
+    assert "\n" not in line
     assert not (tmp_path / "sweep" / ".submitit").exists(), "nothing was submitted"
+
+
+def test_slurm_jobs_take_as_few_nodes_as_their_mesh_fills():
+    """A 2-rank job runs on part of a node, a 4-rank one on two nodes of two tasks: one sweep, two shapes."""
+    from nanodist.launch.slurm import job_shape
+
+    register_configs()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        configs = [compose("config", overrides=["parallel=ddp", f"mesh={mesh}"]) for mesh in ("single", "ranks2", "ranks4", "ranks8")]
+    assert [job_shape(cfg, max_nodes=4, per_node=2) for cfg in configs] == [(1, 1), (1, 2), (2, 2), (4, 2)]
+    assert [job_shape(cfg, max_nodes=4, per_node=4) for cfg in configs] == [(1, 1), (1, 2), (1, 4), (2, 4)]

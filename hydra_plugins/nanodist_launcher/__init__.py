@@ -2,17 +2,20 @@
 first pruning the sweep (`plan.prune=true`) and, for SLURM, checking every job before submission.
 
 Hydra instantiates launchers only from the `hydra_plugins` package, hence this small module;
-conf/hydra/launcher/{local,slurm}.yaml point their `_target_` here. Everything else (running or
-submitting each job, requeue on a time limit) is the stock launchers'.
+conf/hydra/launcher/{local,slurm}.yaml point their `_target_` here. The SLURM one submits itself,
+one job array per nodes x tasks_per_node shape (the stock launcher has one shape per sweep), the
+way the stock one does; running each job and requeue on a time limit are the stock launcher's.
 """
 
 import sys
 from typing import Sequence
 
+from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, filter_overrides
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 
 def composed_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -59,17 +62,37 @@ class NanodistLocalLauncher(BasicLauncher):
 
 class NanodistSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Prune, then compose every job's config and refuse the sweep, in one sentence, before any job is queued."""
+        """Prune, give every job its nodes x tasks_per_node from its own mesh (refusing the sweep, in one
+        sentence, before any job is queued), then submit one job array per shape and wait for them all."""
         # Imported here: Hydra imports every plugin module at each start, and nanodist.launch.slurm pulls in torch.
         from nanodist.config import ConfigError
         from nanodist.launch.slurm import check_submission
 
         jobs = pruned(composed_jobs(self, job_overrides, initial_job_idx))
         try:
-            check_submission([(label, cfg) for _, label, _, cfg in jobs], self.params)
+            shapes = check_submission([(label, cfg) for _, label, _, cfg in jobs], self.params)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        # One submission for all the jobs left (submitted one by one, each would wait for the last):
-        # they are numbered on from the first index, so a pruned job's number may be reused.
-        return super().launch([overrides for _, _, overrides, _ in jobs], initial_job_idx) if jobs else []
+        groups: dict[tuple[int, int], list] = {}
+        for (idx, _, overrides, _), shape in zip(jobs, shapes):
+            groups.setdefault(shape, []).append((idx, overrides))
+        # Every array is queued before any result is awaited: a shape's jobs do not wait for another's.
+        submitted = [job for shape, group in groups.items() for job in self.submit(group, *shape)]
+        return [job.results()[0] for _, job in sorted(submitted, key=lambda pair: pair[0])]
+
+    def submit(self, jobs: list[tuple[int, list[str]]], nodes: int, tasks_per_node: int) -> list:
+        """Queue (index, overrides) jobs as one array of `nodes` x `tasks_per_node` tasks each; a job on part
+        of a node asks for at most one GPU per task. Returns (index, submitit job) pairs."""
+        import submitit
+
+        params = {**self.params, "nodes": nodes, "tasks_per_node": tasks_per_node}
+        if params.get("gpus_per_node") is not None:
+            params["gpus_per_node"] = min(int(params["gpus_per_node"]), tasks_per_node)
+        executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                         slurm_max_num_timeout=params.pop("max_num_timeout"))
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())  # submitit's names for every cluster; the rest are slurm_*
+        executor.update_parameters(**{key if key in shared else f"slurm_{key}": value for key, value in params.items()})
+        state = Singleton.get_state()
+        calls = [(overrides, "hydra.sweep.dir", idx, f"job_id_for_{idx}", state) for idx, overrides in jobs]
+        return list(zip([idx for idx, _ in jobs], executor.map_array(self, *zip(*calls))))

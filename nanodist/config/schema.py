@@ -32,6 +32,7 @@ PP_SCHEDULES = {
     "DualPipeV": "v",
 }
 FSDP_DTYPES = ("bfloat16", "float32")
+IMPLEMENTATIONS = ("native", "reference")
 
 
 class ConfigError(ValueError):
@@ -109,6 +110,12 @@ class ContextParallelConfig:
 
 
 @dataclass
+class DDPConfig:
+    # The reference DDP all-reduces gradients in buckets of about this many MiB, each as soon as it is full.
+    bucket_mb: float = number(25.0, low=0, low_open=True)
+
+
+@dataclass
 class ParallelConfig:
     name: str = text("single", "the strategy's name")
     # The mesh dims this strategy uses, in canonical order; `mesh=AxB` fills them.
@@ -122,6 +129,12 @@ class ParallelConfig:
     pipeline: bool = flag(False)
     # Split every sequence over mesh.cp ranks (two chunks each, head and tail) for attention.
     context_parallel: bool = flag(False)
+    # ZeRO-1: each data-parallel rank keeps the optimizer state of its share of the parameters only.
+    shard_optimizer: bool = flag(False)
+    # "native" (torch's replicate, fully_shard, DTensor TP) or "reference" (nanodist's own, written with
+    # plain collectives: nanodist.parallel.reference) for ddp, fsdp, hsdp, tp, tp_sp, fsdp_tp, ddp_tp, zero1.
+    implementation: str = choice("native", IMPLEMENTATIONS, "an implementation")
+    ddp: DDPConfig = section(DDPConfig)
     fsdp: FSDPConfig = section(FSDPConfig)
     pp: PipelineConfig = section(PipelineConfig)
     cp: ContextParallelConfig = section(ContextParallelConfig)
@@ -184,7 +197,8 @@ class TrainConfig:
     # How long a collective may wait for its peers before it fails. Long on purpose (a first compile,
     # a checkpoint write): a rank that fails tells the others at once (nanodist.train.failure).
     collective_timeout_s: int = integer(600, low=1)
-    # Tests' fault injection, "RANK:STEP:PHASE:KIND" (e.g. "1:3:step:raise"; nanodist.train.faults).
+    # Tests' fault injection, "RANK:STEP:PHASE:KIND": PHASE step|eval|save|write, KIND raise|kill|enospc
+    # (e.g. "1:3:step:raise"; nanodist.train.faults).
     fault: Optional[str] = text(None, "a fault spec", nullable=True)
     # A NaN or inf loss (or gradient norm): "stop" the run, keeping the last good checkpoint, or
     # "skip" the update and go on.

@@ -121,6 +121,35 @@ def validate_context_parallel(cfg: Any, sizes: dict[str, int], seq_len: int) -> 
                           "collectives run eagerly); set train.compile=false.")
 
 
+def validate_implementation(cfg: Any) -> None:
+    """The checks of `validate` for nanodist's own implementations (`parallel.implementation=reference`)
+    and for ZeRO-1: what they cover, and what they leave to the native strategies."""
+    p, t = cfg.parallel, cfg.train
+    if p.shard_optimizer and (p.data_parallel != "ddp" or p.pipeline):
+        raise ConfigError(
+            f"parallel.shard_optimizer=true (ZeRO-1) shards the optimizer over DDP replicas, which parallel={p.name} "
+            "does not have; use parallel=zero1, or parallel=fsdp for sharded gradients and weights too."
+        )
+    if p.implementation != "reference":
+        return
+    why = None
+    if p.pipeline or p.context_parallel:
+        why = "covers data and tensor parallelism only; use parallel.implementation=native for pipelines and context parallelism"
+    elif p.data_parallel == "none" and not p.tensor_parallel:
+        why = "has nothing to replace in a single-process layout; pick ddp, fsdp, hsdp, tp, tp_sp, fsdp_tp, ddp_tp or zero1"
+    elif t.compile or p.async_tp:
+        why = "runs eagerly (its collectives are Python hooks); set train.compile=false and parallel.async_tp=false"
+    elif p.fsdp.cpu_offload and p.data_parallel == "fsdp":
+        why = "keeps shards on the training device; set parallel.fsdp.cpu_offload=false"
+    elif cfg.checkpoint.init_from:
+        why = ("does not load Hugging Face weights; start with parallel.implementation=native and resume its "
+               "checkpoint (checkpoint.resume_from) under reference")
+    elif t.fused_loss_chunk and p.data_parallel == "fsdp":
+        why = "gathers the head's weight only around its forward, not inside a fused loss; set train.fused_loss_chunk=0"
+    if why:
+        raise ConfigError(f"parallel.implementation=reference with parallel={p.name} {why}.")
+
+
 def padded_vocab_size(model_cfg: Any, dataset_vocab: int) -> int:
     """The model's vocabulary: its own size or the dataset's, rounded up to model.pad_vocab_to_multiple."""
     vocab = model_cfg.vocab_size or dataset_vocab
@@ -158,6 +187,7 @@ def validate(cfg: Any, world_size: Optional[int] = None) -> None:
 def validate_relations(cfg: Any, world_size: Optional[int] = None) -> None:
     """`validate` without the per-field domains: for a planner trying many layouts of one checked config."""
     validate_basics(cfg)
+    validate_implementation(cfg)
     sizes = validate_mesh(cfg, world_size)
     p, t = cfg.parallel, cfg.train
     if p.data_parallel == "fsdp" and p.name == "hsdp" and sizes["dp_replicate"] < 2:

@@ -3,9 +3,10 @@
 Jobs reach SLURM through hydra-submitit-launcher (`hydra/launcher=slurm`); every SLURM task is one
 rank and joins the others through `join_slurm_job` below. Two things need SLURM's view:
 
-- Before submission, `check_submission` refuses a job whose tasks (nodes x tasks_per_node) do not
-  match its mesh, or a partition the cluster does not have: a queued job that fails minutes
-  later, on a busy cluster hours later, is the expensive way to learn of a typo.
+- Before submission, `check_submission` gives each job its nodes x tasks_per_node from its own mesh
+  (so one sweep may mix world sizes; the launcher submits one job array per shape), and refuses a
+  mesh that does not fit the nodes, or a partition the cluster does not have: a queued job that
+  fails minutes later, on a busy cluster hours later, is the expensive way to learn of a typo.
 - While a job runs, `nanodist.launch.preemption` turns SLURM's warning signal before its time
   limit into a checkpoint at a step boundary followed by submitit's requeue.
 """
@@ -23,39 +24,51 @@ import torch
 from nanodist.config import ConfigError, resolved_mesh, validate
 
 
-def check_submission(jobs: list[tuple[str, object]], launcher: dict) -> None:
-    """Refuse, in one sentence, a sweep that SLURM would run on no partition or with the wrong rank count.
+def check_submission(jobs: list[tuple[str, object]], launcher: dict) -> list[tuple[int, int]]:
+    """Each job's (nodes, tasks_per_node), or a refusal in one sentence of a sweep that SLURM would run
+    on no partition or that a job's mesh does not fit.
 
-    `jobs` holds (description, composed config) per job; `launcher` is hydra.launcher's parameters.
+    `jobs` holds (description, composed config) per job; `launcher` is hydra.launcher's parameters:
+    its tasks_per_node is what one node holds, its nodes the most that one job may take.
     """
-    nodes, per_node = int(launcher["nodes"]), int(launcher["tasks_per_node"])
+    max_nodes, per_node = int(launcher["nodes"]), int(launcher["tasks_per_node"])
+    shapes = []
     for description, cfg in jobs:
         try:
-            check_tasks(cfg, nodes, per_node)
-            validate(cfg, nodes * per_node)
+            nodes, tasks = job_shape(cfg, max_nodes, per_node)
+            validate(cfg, nodes * tasks)
         except ConfigError as err:
             raise ConfigError(f"job {description}: {err}") from None
+        shapes.append((nodes, tasks))
     check_partition(launcher.get("partition"))
+    return shapes
 
 
-def check_tasks(cfg, nodes: int, per_node: int) -> None:
-    """Every SLURM task is one rank, so nodes x tasks_per_node must be the mesh's product."""
-    tasks = nodes * per_node
+def job_shape(cfg, max_nodes: int, per_node: int) -> tuple[int, int]:
+    """(nodes, tasks_per_node) of one job: every SLURM task is one rank, so the job takes as few nodes as
+    its mesh's ranks fill, whole nodes of `per_node` tasks or part of one. A mesh that leaves dp_shard
+    to the world size (-1) takes all `max_nodes` x `per_node` tasks, which its other dims must divide."""
     sizes = resolved_mesh(cfg)
-    fixed = math.prod(size for size in sizes.values() if size != -1)
-    if -1 in sizes.values():  # dp_shard inferred from the tasks
-        if tasks % fixed == 0:
-            return
-        needed, advice = f"a multiple of {fixed}", f"a multiple of {fixed}"
-    elif fixed == tasks:
-        return
-    else:
-        needed, advice = str(fixed), str(fixed)
-    raise ConfigError(
-        f"parallel={cfg.parallel.name} with mesh {'x'.join(str(sizes[d]) for d in sizes)} (pp x dp_replicate x "
-        f"dp_shard x tp) needs {needed} ranks but hydra.launcher asks for {nodes} node(s) x {per_node} "
-        f"tasks_per_node = {tasks}; set hydra.launcher.nodes and tasks_per_node so that their product is {advice}."
-    )
+    ranks = math.prod(size for size in sizes.values() if size != -1)
+    mesh = f"parallel={cfg.parallel.name} with mesh {'x'.join(str(sizes[d]) for d in sizes)} (pp x dp_replicate x dp_shard x tp)"
+    if -1 in sizes.values():
+        if (max_nodes * per_node) % ranks:
+            raise ConfigError(
+                f"{mesh} needs a multiple of {ranks} ranks but hydra.launcher asks for {max_nodes} node(s) x {per_node} "
+                f"tasks_per_node = {max_nodes * per_node}; set hydra.launcher.nodes and tasks_per_node so that their "
+                f"product is a multiple of {ranks}.")
+        return max_nodes, per_node
+    if ranks <= per_node:
+        return 1, ranks
+    if ranks % per_node:
+        raise ConfigError(
+            f"{mesh} needs {ranks} ranks, which do not fill whole nodes of hydra.launcher.tasks_per_node={per_node}; "
+            f"use at most {per_node} ranks or a multiple of {per_node}.")
+    if ranks // per_node > max_nodes:
+        raise ConfigError(
+            f"{mesh} needs {ranks} ranks = {ranks // per_node} nodes x {per_node} tasks_per_node, more than "
+            f"hydra.launcher.nodes={max_nodes} allows; set hydra.launcher.nodes={ranks // per_node}.")
+    return ranks // per_node, per_node
 
 
 def check_partition(partition: Optional[str]) -> None:

@@ -53,10 +53,14 @@ def padded_window(ids: torch.Tensor, block_size: int, pad_to: int) -> tuple[torc
 
 
 @torch.no_grad()
-def next_token_logits(model: nn.Module, ids: torch.Tensor, pad_to: int = 1) -> torch.Tensor:
-    """fp32 logits (1, vocab) of a whole model (plain or sharded) for the token after `ids`."""
+def next_token_logits(model: nn.Module, ids: torch.Tensor, pad_to: int = 1,
+                      gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """fp32 logits (1, vocab) of a whole model (plain or sharded) for the token after `ids`; `gather`
+    joins a reference layout's vocab shards."""
     window, length = padded_window(ids, model.config.block_size, pad_to)
     logits = model(window)
+    if gather is not None:
+        logits = gather(logits)
     if isinstance(logits, DTensor):  # vocab-sharded under loss parallelism
         logits = logits.full_tensor()
     return logits[:, length - 1, :].float()

@@ -150,25 +150,26 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
-        """GPT-2 init: N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)), zero biases, unit norms.
-
-        Each parameter draws from its own generator seeded by (seed, name) and is written into
-        whatever this rank holds of it (a DTensor shard, or all of it), so every layout starts equal.
-        """
-        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        """GPT-2 init, written into whatever this rank holds of each parameter (a DTensor shard, or all
+        of it), so every layout starts equal; see `initial_value`."""
         for name, param in self.named_parameters():
-            name = self.source_name(name)
-            if name.endswith("c_proj.weight"):
-                values = lambda shape, gen: torch.randn(shape, generator=gen) * residual_std  # noqa: E731
-            elif name.endswith(".weight") and param.dim() == 2:
-                values = lambda shape, gen: torch.randn(shape, generator=gen) * 0.02  # noqa: E731
-            elif "ln_" in name and name.endswith(".weight"):
-                values = lambda shape, gen: torch.ones(shape)  # noqa: E731
-            else:
-                values = lambda shape, gen: torch.zeros(shape)  # noqa: E731
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-            _copy_into_local_shard(param, values(param.shape, gen))
+            _copy_into_local_shard(param, self.initial_value(self.source_name(name), param.shape, seed))
 
+    def initial_value(self, name: str, shape: torch.Size, seed: int) -> torch.Tensor:
+        """The full initial tensor of parameter `name`, on CPU: GPT-2's N(0, 0.02), residual projections
+        N(0, 0.02/sqrt(2 n_layer)), zero biases, unit norms.
+
+        Each parameter draws from its own generator seeded by (seed, name), so a layout that builds
+        its shards one parameter at a time (the reference FSDP) gets the values one process would.
+        """
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        if name.endswith("c_proj.weight"):
+            return torch.randn(shape, generator=gen) * (0.02 / math.sqrt(2 * self.config.n_layer))
+        if name.endswith(".weight") and len(shape) == 2:
+            return torch.randn(shape, generator=gen) * 0.02
+        if "ln_" in name and name.endswith(".weight"):
+            return torch.ones(shape)
+        return torch.zeros(shape)
 
     def source_name(self, name: str) -> str:
         """The full model's name of the values a parameter holds: a tied head's copy holds the embedding's."""

@@ -3,7 +3,9 @@
 A runner owns this rank's model parts and answers three questions, whatever the layout:
 `forward_backward` (one optimizer step's gradients, from its accumulation micro-batches, and this
 rank's share of the step's mean loss), `eval_loss` (one micro-batch's mean loss), and
-`next_logits` (the model's prediction after a context, on every rank, for sampling). The loss is
+`next_logits` (the model's prediction after a context, on every rank, for sampling). A reference
+layout (`parallel.implementation=reference`) comes with its `layout`: its own loss (vocab-parallel)
+and its way to the full logits; native layouts have none. The loss is
 scaled in one place, `micro_step_loss`. Under context parallelism each rank's inputs and labels are
 its two chunks of every sequence (`shard`), and sampling runs whole contexts on every cp rank. `uncounted` lists the parameters whose gradients another
 rank already counts in the global grad norm (a tied embedding's second copy).
@@ -14,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -28,6 +30,8 @@ from nanodist.parallel.cp import batch_shard, whole_sequences
 from nanodist.parallel.dims import Mesh, ParallelDims
 from nanodist.parallel.parallelize import parallelize, set_gradient_sync
 from nanodist.parallel.pp import Pipeline, build_pipeline
+from nanodist.parallel.reference import apply_reference
+from nanodist.parallel.reference.layout import Layout
 from nanodist.parallel.tensors import as_plain
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -57,9 +61,11 @@ class PlainRunner:
     """A whole (possibly sharded) model on every rank: forward, loss, backward."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, grad_accum: int, contexts: Contexts, pad_to: int, shard: Shard,
-                 loss_chunk: int = 0):
-        self.parts, self.model, self.contexts = [model], model, contexts
+                 loss_chunk: int = 0, layout: Optional[Layout] = None):
+        self.parts, self.model, self.contexts, self.layout = [model], model, contexts, layout
         self.pad_to, self.uncounted, self.shard = pad_to, [], shard
+        if layout is not None and layout.loss_fn is not None:
+            loss_fn = layout.loss_fn
         # The mean loss of one micro-batch: the head's logits into the loss, or both fused in the model.
         self.loss = (lambda x, y: model(x, y, loss_chunk)) if loss_chunk else (lambda x, y: loss_fn(model(x), y))
         self.train_loss = micro_step_loss(self.loss, grad_accum)
@@ -81,8 +87,9 @@ class PlainRunner:
             return as_plain(self.loss(self.shard(x), self.shard(y)))
 
     def next_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        gather = self.layout.full_logits if self.layout is not None else None
         with self.contexts.autocast, whole_sequences(self.parts):
-            return next_token_logits(self.model, ids, self.pad_to)
+            return next_token_logits(self.model, ids, self.pad_to, gather)
 
 
 class PipelineRunner:
@@ -91,7 +98,7 @@ class PipelineRunner:
     def __init__(self, pipeline: Pipeline, loss_fn: LossFn, contexts: Contexts, config: GPTConfig, pad_to: int,
                  shard: Shard):
         self.pipeline, self.parts, self.loss_fn, self.contexts = pipeline, pipeline.parts, loss_fn, contexts
-        self.config, self.pad_to, self.shard = config, pad_to, shard
+        self.config, self.pad_to, self.shard, self.layout = config, pad_to, shard, None
         self.uncounted = pipeline.tied.uncounted if pipeline.tied is not None else []
 
     def forward_backward(self, micro_batches: MicroBatches) -> torch.Tensor:
@@ -134,5 +141,9 @@ def build_runner(cfg, dims: ParallelDims, mesh: Mesh | None, config: GPTConfig, 
         return PipelineRunner(pipeline, loss_fn, contexts, config, pad_to, shard)
     with torch.device("meta"):
         model = GPT(config)
-    return PlainRunner(parallelize(model, dims, mesh, cfg, device), loss_fn, t.grad_accum, contexts, pad_to, shard,
-                       t.fused_loss_chunk)
+    layout = None
+    if p.implementation == "reference":
+        model, layout = apply_reference(model, dims, mesh, cfg, device)
+    else:
+        model = parallelize(model, dims, mesh, cfg, device)
+    return PlainRunner(model, loss_fn, t.grad_accum, contexts, pad_to, shard, t.fused_loss_chunk, layout)

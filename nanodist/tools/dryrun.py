@@ -21,9 +21,21 @@ compiled run's.
 
 The same fake forward counts the collectives the rank issues (`nanodist.tools.collectives`), for
 the planner's step-time model. Speed, for the planner's hundreds of layouts: a stage of L alike
-blocks is measured from stages of one and two blocks (every figure is a sum over modules, so
-f(L) = f(1) + (L - 1)(f(2) - f(1)) exactly), stages already measured for one layout are reused
-by its other pipeline ranks, and one build serves every micro-batch size asked for.
+blocks is measured from its first block and one block's share (every figure is a sum over modules,
+so f(L) = f(1) + (L - 1) x block exactly; `stage_figures`), stages already measured for one layout are reused
+by its other pipeline ranks, and one build serves every micro-batch size asked for. Two more
+extrapolations, both exact because each figure is a sum of like terms:
+
+- micro-batch rows: every saved tensor and collective payload is either proportional to the rows
+  (activations, TP/SP/CP exchanges) or independent of them (FSDP's gathers, autocast's weight
+  copies), so a stage needed at more than three sizes (pipelines try four microbatch counts) is run
+  at 2 and 3 rows, f(r) = f(2) + (r - 2) (f(3) - f(2)), and at 1 row where that is needed: one row
+  is not on the line (a few bytes off: ops keep size-1 dims differently);
+- context parallelism's ring runs one step per cp rank, each step past the first adding the same
+  K/V exchange and nothing saved for backward (RingAttention keeps only this rank's q, k, v, output
+  and log-sum-exp), so a ring of more than FULL_RING_UP_TO ranks is run as rings of 1 and 2 steps
+  over the same chunks, f(cp) = f(1) + (cp - 1) (f(2) - f(1)): a gpt2_xl block forward at cp=256
+  takes a fraction of a second instead of 50 s.
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ from nanodist.config import (
 )
 from nanodist.data import GPT2Tokenizer, is_prepared, read_meta
 from nanodist.model import GPT, GPTConfig, cross_entropy, gpt_config, num_params
+from nanodist.parallel.cp_attention import ContextParallelAttention, SequenceLayout
 from nanodist.parallel.dims import ParallelDims
 from nanodist.parallel.parallelize import apply_on_meta
 from nanodist.parallel.pp import build_stage_model, split_layers, stage_ids
@@ -60,6 +73,10 @@ from nanodist.train.meters import SavedActivations
 
 # AdamW keeps a scalar float32 `step` tensor per parameter next to its two moment buffers.
 ADAM_STEP_BYTES = 4
+# Longer cp rings are measured from rings of 1 and 2 steps, and a stage needed at more micro-batch
+# sizes than this from 2 and 3 rows (see the module's docstring).
+FULL_RING_UP_TO = 2
+MEASURED_SIZES_UP_TO = 3
 GIB = 2**30
 
 
@@ -157,12 +174,15 @@ def estimate_position(cfg, dims: ParallelDims, mesh, config: GPTConfig, pp_rank:
     built = {} if built is None else built
     figures = [stage_figures(cfg, dims, mesh, config, spec, rows, built) for spec in stage_specs(cfg, dims, config, pp_rank)]
     param_bytes = sum(f["param_bytes"] for f in figures)
+    optim_bytes = 2 * param_bytes + ADAM_STEP_BYTES * sum(f["tensors"] for f in figures)
+    if cfg.parallel.shard_optimizer:  # ZeRO-1: each replica keeps the state of ~1/dp_replicate of the parameters
+        optim_bytes = -(-optim_bytes // dims.dp_replicate)
     return {
         "rank": pp_rank * (dims.world_size // dims.pp),
         "stages": [f["stage"] for f in figures],
         "param_bytes": param_bytes,
         "grad_bytes": param_bytes,
-        "optim_bytes": 2 * param_bytes + ADAM_STEP_BYTES * sum(f["tensors"] for f in figures),
+        "optim_bytes": optim_bytes,
         "activations": {r: [f["activations"][r] for f in figures] for r in rows},
         "collectives": {r: merged([f["collectives"][r] for f in figures]) for r in rows},
     }
@@ -179,32 +199,43 @@ def stage_specs(cfg, dims: ParallelDims, config: GPTConfig, pp_rank: int) -> lis
 
 
 def stage_figures(cfg, dims: ParallelDims, mesh, config: GPTConfig, spec, rows: list[int], built: dict) -> dict:
-    """One stage's figures, from at most two of its blocks.
+    """One stage's figures, from its first block and one block's share.
 
-    Its blocks are alike (the same shapes, wrapping and shards), and every figure is a sum over
-    modules (saved tensors are all still held at the end of the forward), so a stage of L blocks
-    measures f(1) + (L - 1) (f(2) - f(1)), exactly, at the cost of two. Selective checkpointing
-    treats blocks by their index, so there every block is built.
+    Blocks are alike (the same shapes, wrapping and shards), and every figure is a sum over modules
+    (saved tensors are all still held at the end of the forward), so a stage of L blocks measures
+    f(1) + (L - 1) x (one block), exactly. One block's share is the same in every stage of the layout
+    (past a later stage's first block, whose input is a leaf that autograd does not save): it is a
+    first stage of one block less a first stage of none, or under sequence parallelism (whose stage
+    cannot go from the embedding to the head without a block between) of two blocks less one.
+    Selective checkpointing treats blocks by their index, so there every block is built.
     """
     stage, layers, first, last = spec
 
-    def measured(part: range) -> dict:
+    def measured(part: range, first: bool = first, last: bool = last) -> dict:
         key = (part.start if selective else 0, len(part), first, last)
         if key not in built:
             built[key] = measure_stage(cfg, dims, mesh, config, part, first, last, rows)
         return built[key]
 
     selective = cfg.train.activation_checkpointing == "selective"
-    if len(layers) <= 2 or selective:
+    if len(layers) <= 1 or selective:
         return {"stage": stage, **measured(layers)}
-    return {"stage": stage, **extrapolate(measured(layers[:1]), measured(layers[:2]), len(layers) - 1)}
+    fewer = 1 if cfg.parallel.tensor_parallel and cfg.parallel.sequence_parallel else 0
+    whole = first and last  # no pipeline: the first stage is the whole model
+    low, high = (measured(range(n), True, whole) for n in (fewer, fewer + 1))
+    return {"stage": stage, **extrapolate(low, high, len(layers) - 1, start=measured(layers[:1]))}
 
 
-def extrapolate(one, two, extra: int):
-    """f(1) + extra x (f(2) - f(1)) for every number in two like-shaped nests of dicts."""
+def extrapolate(one, two, extra: int, start=None):
+    """start + extra x (two - one), start defaulting to one, for every number in like-shaped nests of
+    dicts and tuples (a key missing from a dict counts 0, and stays missing where it adds nothing)."""
+    start = one if start is None else start
     if isinstance(one, dict):
-        return {k: extrapolate(one.get(k, 0), two.get(k, 0), extra) for k in one.keys() | two.keys()}
-    return one + extra * (two - one)
+        found = {k: extrapolate(one.get(k, 0), two.get(k, 0), extra, start.get(k, 0)) for k in one.keys() | two.keys() | start.keys()}
+        return {k: v for k, v in found.items() if k in start or v != 0}
+    if isinstance(one, tuple):
+        return tuple(extrapolate(a, b, extra, c) for a, b, c in zip(one, two, start))
+    return start + extra * (two - one)
 
 
 def merged(counts: list[dict]) -> dict:
@@ -258,36 +289,70 @@ def stage_forward(part: GPT, cfg, dims: ParallelDims, config: GPTConfig, first: 
 
     The model's meta parameters are swapped for fake ones on the CPU, once for all sizes, so every op
     (FSDP's all-gathers, TP's redistributions, the CPU attention kernel) runs as in training, on
-    shapes only.
+    shapes only. Many sizes and long cp rings are measured small and extrapolated (module docstring).
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    measured = rows if len(rows) <= MEASURED_SIZES_UP_TO else sorted({2, 3} | {r for r in rows if r < 2})
+    with FakeTensorMode(allow_non_fake_inputs=True):  # to_empty reads the meta parameters
+        part.to_empty(device="cpu")
+        figures = {r: ring_figures(part, lambda: forward_figures(part, cfg, dims, config, first, last, r)) for r in measured}
+    return [figures[r] if r in figures else extrapolate(figures[2], figures[3], r - 2) for r in rows]
+
+
+def ring_figures(part: GPT, forward) -> tuple:
+    """forward()'s figures; under a cp ring longer than FULL_RING_UP_TO, from rings of 1 and 2 steps."""
+    ring = ring_size(part)
+    if ring is None or ring <= FULL_RING_UP_TO:
+        return forward()
+    short = []
+    for steps in (1, 2):
+        with_ring_steps(part, steps)
+        short.append(forward())
+    with_ring_steps(part, ring)
+    return extrapolate(*short, ring - 1)
+
+
+def forward_figures(part: GPT, cfg, dims: ParallelDims, config: GPTConfig, first: bool, last: bool, rows: int) -> tuple:
+    """(saved bytes, collective bytes) of one forward of `rows` sequences, inside the caller's fake mode."""
     t, p = cfg.train, cfg.parallel
     seq = seq_len_of(cfg)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
-    results = []
-    with FakeTensorMode(allow_non_fake_inputs=True):  # to_empty reads the meta parameters
-        part.to_empty(device="cpu")
-        for r in rows:
-            # Inputs and targets are two views of one (rows, seq + 1) window, as the loader makes them
-            # (under context parallelism, of this rank's two chunks: seq / cp tokens).
-            window = torch.zeros(r, seq // dims.cp + 1, dtype=torch.long)
-            if first:
-                x = window[:, :-1]
-            else:
-                # A later stage receives the previous stage's output: this rank's sequence shard.
-                x = torch.zeros(r, stage_input_tokens(cfg, dims, seq), config.n_embd, requires_grad=True)
-            loss_ctx = loss_parallel() if p.loss_parallel else contextlib.nullcontext()
-            with CollectiveBytes(dims.world_size) as comms, SavedActivations() as meter, loss_ctx, autocast:
-                out = part(x)
-                if last:
-                    cross_entropy(out, window[:, 1:])
-            results.append((meter.peak, comms.bytes))
-            del out
-            for module in part.modules():  # a stage that keeps its gathered weights would skip the next size's gathers
-                if isinstance(module, FSDPModule):
-                    module.reshard()
-    return results
+    # Inputs and targets are two views of one (rows, seq + 1) window, as the loader makes them
+    # (under context parallelism, of this rank's two chunks: seq / cp tokens).
+    window = torch.zeros(rows, seq // dims.cp + 1, dtype=torch.long)
+    if first:
+        x = window[:, :-1]
+    else:
+        # A later stage receives the previous stage's output: this rank's sequence shard.
+        x = torch.zeros(rows, stage_input_tokens(cfg, dims, seq), config.n_embd, requires_grad=True)
+    loss_ctx = loss_parallel() if p.loss_parallel else contextlib.nullcontext()
+    with CollectiveBytes(dims.world_size) as comms, SavedActivations() as meter, loss_ctx, autocast:
+        out = part(x)
+        if last:
+            cross_entropy(out, window[:, 1:])
+    del out
+    for module in part.modules():  # a stage that keeps its gathered weights would skip the next forward's gathers
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    return meter.peak, comms.bytes
+
+
+def ring_size(part: GPT) -> Optional[int]:
+    """The cp ring's length (its steps per forward) of a stage under ring attention, on cp rank 0 (the
+    rank the dry run measures, whose chunks 0 and 2 x steps - 1 exist in a ring of any length); None otherwise."""
+    attentions = [block.attn.attention for block in part.transformer.h.values()]
+    ring = [a for a in attentions if isinstance(a, ContextParallelAttention) and a.method == "ring" and a.layout.rank == 0]
+    return ring[0].layout.size if ring else None
+
+
+def with_ring_steps(part: GPT, steps: int) -> None:
+    """Run `part`'s ring attention over `steps` ring steps on the same chunks of the same rank: each
+    step past the first exchanges one K/V block and computes two chunk pairs, whatever the ring's
+    length, so the figures of any length follow from two short rings."""
+    for block in part.transformer.h.values():
+        attention = block.attn.attention
+        block.attn.attention = dataclasses.replace(attention, layout=SequenceLayout(attention.layout.rank, steps))
 
 
 def stage_input_tokens(cfg, dims: ParallelDims, seq: int) -> int:
@@ -323,4 +388,7 @@ def format_report(report: dict, cfg, config: GPTConfig) -> str:
         + (", pipeline: x microbatches in flight (1F1B exact, other schedules an upper bound)" if cfg.parallel.pipeline else "")
         + f"; estimated in {report['seconds']:.1f} s"
     )
+    if cfg.parallel.get("implementation") == "reference":
+        lines.append("parallel.implementation=reference: these are the native implementation's figures; the dry run "
+                     "builds the native modules, not the reference ones (their shards and collectives may differ)")
     return "\n".join(lines)

@@ -1,8 +1,10 @@
-"""A sweep's report: one markdown table and three plots comparing its jobs.
+"""A sweep's report: markdown tables and four plots comparing its jobs.
 
-    python -m nanodist.tools.report outputs/multirun/strategy_grid/<date_time>
+    python -m nanodist.tools.report outputs/multirun/strategy_grid/<date_time> [report.reference=<job or strategy>]
 
-writes report.md, loss.png, throughput.png and memory.png into the sweep dir. Every job dir of a
+writes report.md, loss.png, loss_diff.png, throughput.png and memory.png into the sweep dir: every
+job's row, each strategy's scaling efficiency across world sizes and each job's loss difference
+from the reference job (nanodist.tools.compare says how both are computed). Every job dir of a
 Hydra sweep holds .hydra/config.yaml; a finished job adds summary.json and metrics.jsonl, a
 failed one a summary.json with its error (see nanodist.launch.local), and one that left no summary
 (killed, or still running) is listed as such, so no job silently drops out of the comparison.
@@ -21,6 +23,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from nanodist.config import MESH_DIMS, resolved_mesh
+from nanodist.tools.compare import UnknownReference, max_difference, pick_reference, relative_differences, scaling
 
 MEMORY_PARTS = ("param_bytes", "grad_bytes", "optim_bytes", "activation_bytes")
 
@@ -35,11 +38,15 @@ class Job:
     mesh: dict
     summary: dict
     records: list[dict] = field(default_factory=list)
-    swept: str = ""  # the job's values of the other swept keys, e.g. "train.batch_size=16"
+    swept: tuple[str, ...] = ()  # the job's overrides of the other swept keys, e.g. "train.batch_size=16"
 
     @property
     def label(self) -> str:
-        return " ".join(part for part in (self.strategy, self.shape and f"mesh={self.shape}", self.swept) if part)
+        return " ".join(part for part in (self.strategy, self.shape and f"mesh={self.shape}", *self.swept) if part)
+
+    @property
+    def number(self) -> str:
+        return self.name.split("_", 1)[0]
 
     @property
     def status(self) -> str:
@@ -91,7 +98,7 @@ def job_order(job_dir: Path) -> tuple:
 def load_job(job_dir: Path, swept: set[str] = frozenset()) -> Job:
     cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
     overrides = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml") if (job_dir / ".hydra" / "overrides.yaml").exists() else []
-    values = " ".join(o for o in overrides if o.partition("=")[0].lstrip("+~") in swept)
+    values = tuple(o for o in overrides if o.partition("=")[0].lstrip("+~") in swept)
     summary = read_json(job_dir / "summary.json") or {}
     try:
         mesh = summary.get("mesh") or resolved_mesh(cfg)
@@ -159,7 +166,7 @@ def table(jobs: list[Job]) -> str:
     for job in jobs:
         s = job.summary
         peak, where = peak_memory(job)
-        row = [job.name.split("_", 1)[0], *([job.swept] if with_swept else []), job.strategy, job.shape or "–", str(job.world_size), fmt(s.get("mean_tokens_per_s")),
+        row = [job.number, *([" ".join(job.swept)] if with_swept else []), job.strategy, job.shape or "–", str(job.world_size), fmt(s.get("mean_tokens_per_s")),
                fmt(job.tokens_per_s_per_rank), fmt(job.per_rank_rate("flops_per_s_per_rank"))]
         if with_mfu:
             mfu = job.per_rank_rate("mfu")
@@ -167,12 +174,42 @@ def table(jobs: list[Job]) -> str:
         row += [fmt(peak, "B") + (f" ({where})" if peak else ""), fmt(state_memory(job), "B"),
                 fmt(s.get("final_loss"), digits=4), fmt(s.get("final_val_loss"), digits=4), job.status]
         rows.append(row)
+    return markdown_table(header, rows)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows])
 
 
-def markdown(sweep_dir: Path, jobs: list[Job]) -> str:
+def scaling_section(jobs: list[Job]) -> str:
+    rows = [[s.job.number, s.job.strategy, " ".join(s.job.swept) or "–", str(s.job.world_size), fmt(s.job.summary["mean_tokens_per_s"]),
+             f"{s.speedup:.2f}x", f"{100 * s.efficiency:.0f}%"] for s in scaling(jobs)]
+    if not rows:
+        return "## Scaling efficiency\n\nNo strategy completed at two or more world sizes in this sweep."
+    intro = ("## Scaling efficiency\n\nEach strategy's tokens/s against its own smallest world size in the sweep: "
+             "efficiency = speed-up / (world size / smallest world size); 100% is linear scaling.")
+    return intro + "\n\n" + markdown_table(["job", "strategy", "swept", "world size", "tokens/s", "speed-up", "scaling efficiency"], rows)
+
+
+def loss_difference_section(jobs: list[Job], reference: Optional[Job]) -> str:
+    if reference is None:
+        return ("## Loss difference\n\nNo single or ddp job logged a loss to compare with; "
+                "name one with report.reference=<job number or strategy>.")
+    rows = []
+    for job in jobs:
+        found = max_difference(job, reference) if job.records else None
+        steps = len(relative_differences(job, reference)) if found else 0
+        rows.append([job.number, job.label, str(job.world_size), str(steps),
+                     "reference" if job is reference else (f"{found[0]:.2e}" if found else "–"),
+                     str(found[1] + 1) if found and job is not reference else "–"])
+    intro = (f"## Loss difference\n\nMax over the steps both logged of |loss - reference loss| / reference loss; the "
+             f"reference is job {reference.number} ({reference.label}, {reference.world_size} ranks). "
+             "Steps count from 1, as in the progress line and the plots.")
+    return intro + "\n\n" + markdown_table(["job", "run", "world size", "steps compared", "max relative loss difference", "at step"], rows)
+
+
+def markdown(sweep_dir: Path, jobs: list[Job], reference: Optional[Job] = None) -> str:
     done = sum(job.status == "completed" for job in jobs)
     parts = [
         f"# Sweep {sweep_dir}",
@@ -186,7 +223,8 @@ def markdown(sweep_dir: Path, jobs: list[Job]) -> str:
         parts.append("## Jobs that did not complete")
         parts += [f"- `{job.name}` ({job.status}): {job.summary.get('error') or 'no summary.json: killed, or still running'}"
                   for job in problems]
-    parts.append("![loss](loss.png)\n\n![throughput](throughput.png)\n\n![memory](memory.png)")
+    parts += [scaling_section(jobs), loss_difference_section(jobs, reference)]
+    parts.append("![loss](loss.png)\n\n![loss difference](loss_diff.png)\n\n![throughput](throughput.png)\n\n![memory](memory.png)")
     return "\n\n".join(parts) + "\n"
 
 
@@ -210,6 +248,36 @@ def plot_loss(jobs: list[Job], path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=1 + len(plotted) // 17, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+LOSS_DIFF_FLOOR = 1e-9  # where a job's loss equals the reference's exactly: below any float32 rounding
+
+
+def plot_loss_difference(jobs: list[Job], reference: Optional[Job], path: Path) -> None:
+    """Every job's relative loss difference from the reference against the step, on a log scale:
+    float rounding (1e-7) and a real divergence (1e-2) both stay readable; exact equality lies on the floor."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    compared = [job for job in jobs if reference is not None and job is not reference and relative_differences(job, reference)]
+    for i, job in enumerate(compared):
+        steps, diffs = zip(*relative_differences(job, reference))
+        width = 1 + 4 * (len(compared) - 1 - i) / max(1, len(compared) - 1)
+        ax.plot([s + 1 for s in steps], [max(d, LOSS_DIFF_FLOOR) for d in diffs], linewidth=width, alpha=0.8, marker=".", label=job.label)
+    if compared:
+        ax.set_yscale("log")
+        ax.axhline(LOSS_DIFF_FLOOR, color="grey", linestyle=":", linewidth=1, label=f"identical (drawn at {LOSS_DIFF_FLOOR:g})")
+        ax.legend(fontsize=7, ncol=1 + len(compared) // 17, loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        ax.text(0.5, 0.5, "no single or ddp job to compare with (report.reference=<job or strategy> names one), or no other job", ha="center", transform=ax.transAxes)
+    title = f"Loss difference from job {reference.number} ({reference.label})" if reference else "Loss difference"
+    ax.set(xlabel="step", ylabel="|loss - reference| / reference", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -250,31 +318,48 @@ def plot_memory(jobs: list[Job], path: Path) -> None:
               {label: [(j.summary.get(key) or 0) / 1e6 for j in jobs] for key, label in names.items()})
 
 
-def write_report(sweep_dir: Path, jobs: list[Job]) -> Path:
-    """Write report.md and the plots into the sweep dir; returns the report's path."""
+def write_report(sweep_dir: Path, jobs: list[Job], reference: Optional[Job] = None) -> Path:
+    """Write report.md and the plots into the sweep dir; returns the report's path. `reference` is the
+    job loss curves are compared with (compare.pick_reference; by default the smallest single or ddp job)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    reference_job = reference or pick_reference(jobs, None)
     plot_loss(jobs, sweep_dir / "loss.png")
+    plot_loss_difference(jobs, reference_job, sweep_dir / "loss_diff.png")
     plot_throughput(jobs, sweep_dir / "throughput.png")
     plot_memory(jobs, sweep_dir / "memory.png")
     report = sweep_dir / "report.md"
-    report.write_text(markdown(sweep_dir, jobs))
+    report.write_text(markdown(sweep_dir, jobs, reference_job))
     return report
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Table and plots comparing the jobs of a sweep.")
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir, e.g. outputs/multirun/<date>/<time>")
-    sweep_dir = parser.parse_args(argv).sweep_dir
-    jobs = load_sweep(sweep_dir) if sweep_dir.is_dir() else []
+    parser.add_argument("settings", nargs="*", metavar="report.reference=<job or strategy>",
+                        help="the job (number or dir name) or strategy that loss curves are compared with; "
+                             "default: the smallest single or ddp job")
+    args = parser.parse_args(argv)
+    settings = dict(setting.partition("=")[::2] for setting in args.settings)
+    unknown = set(settings) - {"report.reference"}
+    if unknown:
+        parser.error(f"unknown setting {', '.join(sorted(unknown))}; the report takes report.reference=<job or strategy>")
+    jobs = load_sweep(args.sweep_dir) if args.sweep_dir.is_dir() else []
     if not jobs:
-        print(f"error: {sweep_dir} holds no job dirs (with .hydra/config.yaml); give a sweep dir such as "
-              "outputs/multirun/<date>/<time>.", file=sys.stderr)
-        sys.exit(2)
-    report = write_report(sweep_dir, jobs)
-    print(table(jobs))
-    print(f"\nwrote {report} and loss.png, throughput.png, memory.png beside it")
+        fail(f"{args.sweep_dir} holds no job dirs (with .hydra/config.yaml); give a sweep dir such as outputs/multirun/<date>/<time>.")
+    try:
+        reference = pick_reference(jobs, settings.get("report.reference"))
+    except UnknownReference as err:
+        fail(str(err))
+    report = write_report(args.sweep_dir, jobs, reference)
+    print("\n\n".join([table(jobs), scaling_section(jobs), loss_difference_section(jobs, reference)]))
+    print(f"\nwrote {report} and loss.png, loss_diff.png, throughput.png, memory.png beside it")
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ class Callback:
         """After the update of a step: `record` holds step, lr and step_time_s; on logged steps also
         everything metrics.jsonl gets (loss, grad_norm, tokens/s, memory, val_loss when evaluated)."""
 
+    def on_eval_start(self, trainer, step: int) -> None:
+        """Before the evaluation that follows step `step`."""
+
     def on_eval(self, trainer, step: int, val_loss: float) -> None:
         """After an evaluation at step `step`."""
 

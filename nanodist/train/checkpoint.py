@@ -7,7 +7,7 @@ wrote it. That one fact is what makes resume exact and resharding free.
 
 On disk, in <output_dir>/checkpoints/:
 
-    step_0000200.tmp/     being written; nothing reads it, and the next start deletes it
+    step_0000200.tmp/     being written; nothing reads it, a failed save or the next start deletes it
     step_0000100/         complete: renamed from .tmp by rank 0 once every rank's files are in
       .metadata, *.distcp   DCP: "model.<name>" and "optim.<name>.<exp_avg|exp_avg_sq|step>"
       rng_rank<r>.pt        rank r's RNG states (restored only under the same layout)
@@ -34,15 +34,15 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
+from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    set_model_state_dict,
-)
 
 from nanodist.config import ConfigError
 from nanodist.data.files import checksum
 from nanodist.model import GPT, GPTConfig
+from nanodist.parallel.reference.layout import Layout
+from nanodist.train.checkpoint_state import NativeLayout, init_optimizer_state
+from nanodist.train.metrics import to_json, with_non_finite
 from nanodist.train.rng import rng_state, set_rng_state
 
 log = logging.getLogger("nanodist")
@@ -76,7 +76,8 @@ def checkpoint_dirs(path: Path) -> list[Path]:
 
 
 def read_checkpoint_meta(path: Path) -> dict:
-    return json.loads((Path(path) / META).read_text())
+    """meta.json as saved: strict JSON on disk (a NaN loss is null there, named under "non_finite"), floats here."""
+    return with_non_finite(json.loads((Path(path) / META).read_text()))
 
 
 def problem(path: Path, checksums: bool = True) -> Optional[str]:
@@ -103,11 +104,33 @@ def problem(path: Path, checksums: bool = True) -> Optional[str]:
     return None
 
 
-def describe(err: CheckpointException) -> str:
-    """The first rank's underlying error in one line (DCP's own message only lists the ranks)."""
-    cause = next(iter(err.failures.values()))[0] if err.failures else err
-    lines = str(cause).strip().splitlines() or [""]
-    return f"{type(cause).__name__}: {lines[-1]}"[:300]
+def describe(err: BaseException) -> str:
+    """The first failed rank's underlying error in one line (DCP's own message only lists the ranks)."""
+    if isinstance(err, CheckpointException) and err.failures:
+        rank = min(err.failures)
+        return f"rank {rank}: {describe(err.failures[rank][0])}"
+    lines = str(err).strip().splitlines() or [""]
+    return f"{type(err).__name__}: {lines[-1]}"[:300]
+
+
+def disk_full(root: Path, previous: Optional[Path]) -> str:
+    """"; the disk is full (...)" when what is free under `root` cannot hold a checkpoint as big as `previous`.
+
+    A full disk does not always say so: torch's writer may fail with "unexpected pos 704 vs 598"
+    where the OS said "No space left on device". Measured after the partial files are removed,
+    so every rank that failed sees the same.
+    """
+    try:
+        needed = sum(read_checkpoint_meta(previous)["files"].values()) if previous is not None else 0
+    except (OSError, ValueError, KeyError):
+        return ""
+    free = shutil.disk_usage(root).free
+    return f"; the disk is full ({free:,} bytes free, a checkpoint takes {needed:,})" if free < needed else ""
+
+
+def file_writer(path: Path, step: int) -> FileSystemWriter:
+    """DCP's writer of checkpoint step_`step` into `path`: its plain file system writer."""
+    return FileSystemWriter(path)
 
 
 def shape_of(config: GPTConfig) -> dict:
@@ -140,47 +163,6 @@ def check_resume_from(path: str, model_cfg) -> None:
     check_shape(usable[0], read_checkpoint_meta(usable[0])["model"], wanted)
 
 
-def param_names(parts: list[GPT]) -> dict[nn.Parameter, str]:
-    """Each parameter's name in the full model, over all the model parts (pipeline stages) of a rank.
-
-    A tied head's copy on the last pipeline stage takes the embedding's name, so its optimizer
-    state is the embedding's in every layout (one process holds one parameter under that name).
-    """
-    return {param: part.source_name(name) for part in parts for name, param in part.named_parameters()}
-
-
-def optimizer_state(parts: list[nn.Module], optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer's per-parameter state keyed by parameter name: the same keys in every layout.
-
-    Its tensors (DTensors where the parameter is one) are the optimizer's own, so DCP loads into
-    them in place. Hyper-parameters are not saved: they come from the config, the lr from the step.
-    """
-    names = param_names(parts)
-    return {names[p]: state for p, state in optimizer.state.items()}
-
-
-@torch.no_grad()
-def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Create every parameter's optimizer state, so that DCP has tensors of the right layout to load into.
-
-    One step with zero gradients at lr 0 creates them without moving a weight (and the weights are
-    loaded from the checkpoint right after anyway).
-    """
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if all(p in optimizer.state for p in params):
-        return
-    lrs = [group["lr"] for group in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    for group, lr in zip(optimizer.param_groups, lrs):
-        group["lr"] = lr
-
-
 class Checkpointer:
     """Saves this rank's share of the training state every `interval` steps, and resumes from the newest.
 
@@ -191,15 +173,19 @@ class Checkpointer:
     """
 
     def __init__(self, root: Path, parts: list[nn.Module], optimizer: torch.optim.Optimizer, info: dict,
-                 device: torch.device, interval: Optional[int] = 0, keep_last: int = 0, async_save: bool = False):
-        """`interval`: save every that many steps (0: only at the end; None: never save, only resume)."""
+                 device: torch.device, interval: Optional[int] = 0, keep_last: int = 0, async_save: bool = False,
+                 layout: Optional[Layout] = None):
+        """`interval`: save every that many steps (0: only at the end; None: never save, only resume).
+        `layout`: a reference layout's state conversion (None: the native layouts', DTensor-aware)."""
         self.root, self.parts, self.optimizer, self.info, self.device = Path(root), parts, optimizer, info, device
+        self.layout = layout if layout is not None else NativeLayout(parts)
         self.interval, self.keep_last, self.async_save = interval, keep_last, async_save
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.group = dist.new_group(backend="gloo") if self.distributed else None
         self.latest: Optional[Path] = None  # the checkpoint this run saved or resumed from last
         self.pending: Optional[threading.Thread] = None
+        self.storage_writer = file_writer  # DCP's writer for a save; tests put a failing one here (train.faults)
         if self.rank == 0:
             for stale in self.root.glob("step_*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)  # a save cut short by a crash
@@ -208,16 +194,16 @@ class Checkpointer:
 
     @classmethod
     def from_config(cls, cfg, parts: list[nn.Module], optimizer: torch.optim.Optimizer, config: GPTConfig,
-                    data_meta: dict, layout: dict, device: torch.device) -> "Checkpointer":
-        """The run's checkpointer, in <output_dir>/checkpoints; `layout` names the parallel layout."""
+                    data_meta: dict, layout_name: dict, device: torch.device, layout: Optional[Layout] = None) -> "Checkpointer":
+        """The run's checkpointer, in <output_dir>/checkpoints; `layout_name` names the parallel layout."""
         c = cfg.checkpoint
         info = {
             "model": shape_of(config),
-            "layout": layout,
+            "layout": layout_name,
             "tokenizer": {**data_meta, "tokenizer_file": cfg.data.tokenizer_file},
         }
         return cls(Path(cfg.output_dir) / "checkpoints", parts, optimizer, info, device,
-                   c.interval if c.enabled else None, c.keep_last, c.async_save)
+                   c.interval if c.enabled else None, c.keep_last, c.async_save, layout)
 
     # ---- saving ----
 
@@ -232,23 +218,36 @@ class Checkpointer:
         return None
 
     def save(self, step: int, trainer_state: dict) -> None:
-        """Write into step_N.tmp/; rank 0 renames it to step_N/ once DCP reports every rank's files written."""
+        """Write into step_N.tmp/; rank 0 renames it to step_N/ once DCP reports every rank's files written.
+
+        A write that fails (a full disk) leaves nothing behind: the .tmp goes and the newest complete
+        checkpoint stays. A synchronous save then stops the run in one sentence (CheckpointError);
+        a background one logs it and training goes on (the next save tries again).
+        """
         self.wait()  # one checkpoint in flight at a time
-        tmp = step_dir(self.root, step).with_suffix(".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state(self.device), tmp / f"rng_rank{self.rank}.pt")
+        tmp, previous = step_dir(self.root, step).with_suffix(".tmp"), self.latest
         meta = {"step": step, "trainer": trainer_state, **self.info, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        state = self._state([get_model_state_dict(part) for part in self.parts])
+        state = self._state()
         start = time.perf_counter()
-        if self.async_save:
-            # Staging copies the state to CPU memory before returning, so training may go on at once.
-            future = dcp.async_save(state, checkpoint_id=tmp, process_group=self.group, no_dist=not self.distributed)
-            self.pending = threading.Thread(target=self._finish, args=(tmp, meta, start, future), daemon=True)
-            self.pending.start()
-        else:
-            dcp.save(state, checkpoint_id=tmp, process_group=self.group, no_dist=not self.distributed)
-            self._finish(tmp, meta, start)
         self.latest = step_dir(self.root, step)
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            torch.save(rng_state(self.device), tmp / f"rng_rank{self.rank}.pt")
+            writer = self.storage_writer(tmp, step)
+            if self.async_save:
+                # Staging copies the state to CPU memory before returning, so training may go on at once.
+                future = dcp.async_save(state, checkpoint_id=tmp, storage_writer=writer, process_group=self.group,
+                                        no_dist=not self.distributed)
+                self.pending = threading.Thread(target=self._finish_async, args=(tmp, meta, start, future, previous),
+                                                daemon=True)
+                self.pending.start()
+            else:
+                dcp.save(state, checkpoint_id=tmp, storage_writer=writer, process_group=self.group,
+                         no_dist=not self.distributed)
+                self._finish(tmp, meta, start)
+        except (CheckpointException, OSError) as err:  # CheckpointException: every rank hears of any rank's error
+            self.latest = previous
+            raise CheckpointError(self._discard(tmp, err, previous)) from None
 
     def wait(self) -> None:
         """Block until the checkpoint being written in the background (if any) is complete."""
@@ -256,20 +255,31 @@ class Checkpointer:
             self.pending.join()
             self.pending = None
 
-    def _finish(self, tmp: Path, meta: dict, start: float, future=None) -> None:
-        if future is not None:
-            try:
-                future.result()
-            except Exception as err:  # a failed background save must not kill training; the .tmp stays
-                log.warning(f"checkpoint {tmp.name} was not written ({type(err).__name__}: {err}); the previous one stands.")
-                return
+    def _discard(self, tmp: Path, err: BaseException, previous: Optional[Path]) -> str:
+        """Remove what a failed save wrote; the one-sentence account of it (short: it ends a one-line error)."""
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"{previous.name} stays the newest" if previous is not None else "none was saved before"
+        return (f"checkpoint {tmp.stem} was not written ({describe(err)}){disk_full(self.root, previous)}; "
+                f"its files are removed and {kept} in {self.root}.")
+
+    def _finish_async(self, tmp: Path, meta: dict, start: float, future, previous: Optional[Path]) -> None:
+        """The background half of an async save; a failure must not kill training."""
+        try:
+            future.result()
+            self._finish(tmp, meta, start)
+        except (CheckpointException, Exception) as err:
+            self.latest = previous
+            log.warning(f"{self._discard(tmp, err, previous)} Training goes on; the next save tries again.")
+
+    def _finish(self, tmp: Path, meta: dict, start: float) -> None:
+        """Rank 0 completes the checkpoint: meta.json with every file's size and SHA-256, then the rename."""
         if self.rank != 0:
             return
         files = [f for f in sorted(tmp.iterdir()) if f.name != META]
         hashing = time.perf_counter()  # an async save hashes here, in its background thread
         meta["files"], meta["sha256"] = {f.name: f.stat().st_size for f in files}, {f.name: checksum(f) for f in files}
         hashing = time.perf_counter() - hashing
-        (tmp / META).write_text(json.dumps(meta, indent=1))
+        (tmp / META).write_text(to_json(meta, indent=1))
         final = tmp.with_suffix("")
         if final.exists():  # an unusable checkpoint of the same step, skipped on resume
             shutil.rmtree(final)
@@ -335,37 +345,45 @@ class Checkpointer:
     def _load(self, path: Path, meta: dict) -> Optional[str]:
         """Load model, optimizer and (same layout only) RNG states from `path`; the reason it failed, or None."""
         init_optimizer_state(self.optimizer)
-        model_states = [get_model_state_dict(part) for part in self.parts]
+        state = self._state()
         try:
-            dcp.load(self._state(model_states), checkpoint_id=path, process_group=self.group, no_dist=not self.distributed)
+            dcp.load(state, checkpoint_id=path, process_group=self.group, no_dist=not self.distributed)
         except CheckpointException as err:  # DCP gathers every rank's error: all ranks agree that it failed
             return describe(err)
-        for part, sd in zip(self.parts, model_states):
-            set_model_state_dict(part, sd)
+        self.layout.load_state(state["model"], state["optim"], self.optimizer)
         if meta.get("layout") == self.info["layout"]:
             set_rng_state(torch.load(path / f"rng_rank{self.rank}.pt", weights_only=True), self.device)
         else:
             log.info(f"RNG states not restored: {path} was saved under another layout ({meta.get('layout')}).")
         return None
 
-    def _state(self, model_states: list[dict]) -> dict:
-        """What DCP writes and reads: the parts' model states merged (their names are disjoint), and the optimizer's."""
-        return {"model": {k: v for sd in model_states for k, v in sd.items()},
-                "optim": optimizer_state(self.parts, self.optimizer)}
+    def _state(self) -> dict:
+        """What DCP writes and reads: the model's state and the optimizer's, under the full model's names."""
+        return {"model": self.layout.model_state(), "optim": self.layout.optim_state(self.optimizer)}
 
 
 def load_model(path: Path) -> tuple[GPT, dict]:
-    """The whole model of a checkpoint (any layout wrote it) in one process, with its meta.
+    """The whole model of the newest usable checkpoint at `path` (any layout wrote it) in one process, with its meta.
 
-    DCP reads every shard into a freshly built plain GPT; no process group is needed.
+    DCP reads every shard into a freshly built plain GPT; no process group is needed. As a resume
+    does, it verifies the files against meta.json's sizes and SHA-256 first, and skips a damaged or
+    incomplete checkpoint with a one-sentence warning for the previous one.
     """
     found = checkpoint_dirs(Path(path))
     if not found:
         raise CheckpointError(f"{path} holds no checkpoint.")
-    path = found[0]
-    meta = read_checkpoint_meta(path)
-    model = GPT(GPTConfig(**meta["model"]))
-    state = model.state_dict()
-    dcp.load({"model": state}, checkpoint_id=path, no_dist=True)
-    model.load_state_dict(state)
-    return model, meta
+    for candidate in found:
+        reason = problem(candidate)
+        if reason is None:
+            meta = read_checkpoint_meta(candidate)
+            model = GPT(GPTConfig(**meta["model"]))
+            state = model.state_dict()
+            try:
+                dcp.load({"model": state}, checkpoint_id=candidate, no_dist=True)
+            except CheckpointException as err:
+                reason = describe(err)
+        if reason is None:
+            model.load_state_dict(state)
+            return model, meta
+        log.warning(f"checkpoint {candidate} is unusable ({reason}); falling back to the previous one.")
+    raise CheckpointError(f"no usable checkpoint among {[str(p) for p in found]}; see the warnings above.")

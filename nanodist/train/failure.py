@@ -34,9 +34,9 @@ STORE_GONE = "rank 0 is gone (the job's rendezvous store, which it hosts, stoppe
 
 
 def one_line(err: BaseException) -> str:
-    """An exception as `Type: first line of its message`, at most 300 characters."""
+    """An exception as `Type: first line of its message`, at most 500 characters."""
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:500]
 
 
 def write_failed_summary(output_dir: Path, error: str, rank: Optional[int], parallel: str) -> None:

@@ -107,6 +107,20 @@ def to_json(record: dict, indent: Optional[int] = None) -> str:
     return json.dumps(finite_only(record), indent=indent, allow_nan=False)
 
 
+def with_non_finite(record: dict) -> dict:
+    """`finite_only` undone: each value named under "non_finite" back as the float it was (a resumed
+    run's state then holds the same NaN its checkpoint was saved with)."""
+    reasons = record.get("non_finite", {})
+    restored = {k: v for k, v in record.items() if k != "non_finite"}
+    for key, value in reasons.items():
+        *parents, last = key.split(".")
+        container = restored
+        for part in parents:
+            container = container[int(part)] if isinstance(container, list) else container[part]
+        container[int(last) if isinstance(container, list) else last] = float(value)
+    return restored
+
+
 def drop_steps_from(path: Path, first_step: int) -> None:
     """Forget the records of steps >= `first_step`: a killed attempt logged them after its last
     checkpoint, and the resumed run is about to log them again, so each step keeps one record."""

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+import functools
+from typing import Callable, Iterable, Optional
 
 import torch
+import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from nanodist.parallel.reference.zero1 import ShardedOptimizer
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.AdamW:
-    """Decay 2-D weights (matmuls, embeddings), not biases or norms, as GPT-2 training does.
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg,
+                    decays: Optional[Callable[[torch.nn.Parameter], bool]] = None) -> torch.optim.AdamW:
+    """Decay 2-D weights (matmuls, embeddings), not biases or norms, as GPT-2 training does; a
+    reference layout's flat parameters say through `decays` whether they hold matrices.
 
     Parameters are also grouped by kind (plain tensor, or DTensor on a given mesh): one foreach
     kernel cannot mix them, and under tensor parallelism a rank holds both.
@@ -19,7 +25,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.Ad
     for p in params:
         if not p.requires_grad:
             continue
-        decay = p.dim() >= 2
+        decay = decays(p) if decays is not None else p.dim() >= 2
         kind = (p.device_mesh, p.placements) if isinstance(p, DTensor) else None
         groups.setdefault((decay, kind), []).append(p)
     param_groups = [
@@ -30,6 +36,12 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.Ad
     return torch.optim.AdamW(
         param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None, foreach=None if fused else True
     )
+
+
+def build_sharded_optimizer(params: list[torch.nn.Parameter], cfg, group: dist.ProcessGroup,
+                            decays: Optional[Callable[[torch.nn.Parameter], bool]] = None) -> ShardedOptimizer:
+    """ZeRO-1: this rank's AdamW over its share of the parameters only, the others' updates broadcast."""
+    return ShardedOptimizer(params, functools.partial(build_optimizer, cfg=cfg, decays=decays), group)
 
 
 def lr_at(step: int, cfg, max_steps: int) -> float:

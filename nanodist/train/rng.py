@@ -4,6 +4,17 @@ Weights never draw from the global generator (each parameter has its own, seeded
 the global one serves dropout alone. Data-parallel ranks see different rows and must draw different
 masks (offset by the dp rank, as nanoGPT and torchtitan do); the ranks of one model replica (tp,
 pp) hold pieces of the same activations and must draw the same ones.
+
+A checkpoint keeps each rank's generator states (rng_rank<r>.pt). A resume under the layout that
+saved them (same strategy, same mesh) gives every rank its own states back, so a run with dropout
+continues exactly as if never stopped. Under another layout the ranks no longer correspond (rank
+r of fsdp(2) is not rank r of ddp(2), and a tp rank has no dp twin), so none is restored: the
+checkpointer logs "RNG states not restored: ... saved under another layout (...)" and each rank
+keeps the generator the Trainer seeded, `rank_seed` of this layout, untouched since (weights,
+data and the optimizer draw from it nothing), exactly as a fresh run of this layout starts.
+Weights, optimizer state and the data position still resume exactly; only dropout's masks after
+the resume differ from the uninterrupted run's (with dropout 0, the default, nothing differs).
+tests/test_rng.py shows both cases.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from nanodist.train.meters import (
     state_bytes,
 )
 from nanodist.train.metrics import MetricsLog
-from nanodist.train.optim import build_optimizer, lr_at
+from nanodist.train.optim import build_optimizer, build_sharded_optimizer, lr_at
 from nanodist.train.pretrained import load_pretrained
 from nanodist.train.rng import rank_seed
 from nanodist.train.state import TrainState
@@ -64,10 +64,11 @@ class Trainer:
         self.model_config = gpt_config(cfg, self.data_meta["vocab_size"])
         self.runner = build_runner(cfg, self.dims, self.mesh, self.model_config, self.device)
         self.params = unique_parameters(self.runner.parts)
-        self.optimizer = build_optimizer(self.params, cfg.optim)
+        self.optimizer = self.build_optimizer()
         self.build_loaders()
         self.checkpointer = Checkpointer.from_config(cfg, self.runner.parts, self.optimizer, self.model_config, self.data_meta,
-                                                     {"parallel": cfg.parallel.name, "mesh": asdict(self.dims)}, self.device)
+                                                     {"parallel": cfg.parallel.name, "mesh": asdict(self.dims)}, self.device,
+                                                     self.runner.layout)
         self.state = TrainState()
         resumed = self.checkpointer.resume(cfg.checkpoint.resume_from)
         if resumed is not None:
@@ -77,6 +78,14 @@ class Trainer:
         self.metrics = MetricsLog(cfg.output_dir, cfg, t.max_steps, enabled=self.rank.is_main, print_fn=log.info,
                                   first_step=self.state.step)
         self.build_meters()
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over this rank's parameters, or over its share of them under ZeRO-1 (parallel.shard_optimizer)."""
+        layout = self.runner.layout
+        decays = layout.decays if layout is not None else None
+        if self.cfg.parallel.shard_optimizer:
+            return build_sharded_optimizer(self.params, self.cfg.optim, self.mesh["dp_replicate"].get_group(), decays)
+        return build_optimizer(self.params, self.cfg.optim, decays)
 
     def build_loaders(self) -> None:
         """Train and val loaders: each data-parallel rank reads its own rows of every global batch."""
@@ -122,7 +131,9 @@ class Trainer:
         start = time.perf_counter()
         with attention_backend(t.sdpa_backend), self.activations if step == self.measured_step else contextlib.nullcontext():
             loss = self.forward_backward(step)
-        grad_norm = clip_grad_norm_(self.params, self.cfg.optim.grad_clip, self.pp_group, self.runner.uncounted)
+        layout = self.runner.layout
+        grad_norm = clip_grad_norm_(self.params, self.cfg.optim.grad_clip, self.pp_group, self.runner.uncounted,
+                                    layout.norm_groups if layout is not None else None)
         if torch.isfinite(grad_norm):  # the global norm: every rank takes the same branch
             self.optimizer.step()
         else:
@@ -212,6 +223,7 @@ class Trainer:
         while self.state.step < t.max_steps and self.error is None:
             record = self.train_step()
             if self.error is None and self.is_eval_step(record["step"]):
+                self.callbacks("on_eval_start", self, record["step"])
                 record["val_loss"] = self.evaluate()
                 self.state.record_eval(record["val_loss"])
                 self.callbacks("on_eval", self, record["step"], record["val_loss"])
