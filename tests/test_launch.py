@@ -21,7 +21,7 @@ def test_torchrun_gives_the_same_run_as_launch_py_in_one_run_dir(tmp_path):
     launch(tmp_path / "local", *FSDP2)
     run_dir = tmp_path / "torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "launch.py"), *FSDP2, f"hydra.run.dir={run_dir}"]
+           f"--log-dir={run_dir / 'torchelastic'}", str(ROOT / "launch.py"), *FSDP2, f"hydra.run.dir={run_dir}"]
     result = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["loss"] for r in read_metrics(run_dir)] == [r["loss"] for r in read_metrics(tmp_path / "local")]

@@ -97,8 +97,11 @@ def starts_several_ranks(args: list[str]) -> bool:
 
 def argv(args: list[str], out: Path) -> list[str]:
     """The command as this test runs it: this interpreter (torchrun as `python -m torch.distributed.run`,
-    which needs no script on PATH), SHORT appended, output under `out`."""
-    head = [sys.executable, "-m", "torch.distributed.run"] if args[0] == "torchrun" else [sys.executable]
+    which needs no script on PATH, its agent's log dir under `out` rather than /tmp), SHORT appended,
+    output under `out`."""
+    head = [sys.executable]
+    if args[0] == "torchrun":
+        head = [sys.executable, "-m", "torch.distributed.run", f"--log-dir={out / 'torchelastic'}"]
     where = f"hydra.sweep.dir={out}" if is_sweep(args) else f"hydra.run.dir={out}"
     return [*head, *args[1:], *SHORT, where]
 
