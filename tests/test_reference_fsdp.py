@@ -172,7 +172,6 @@ def ranks_worker(rank: int, world: int, out: str) -> None:
             results[name] = {"losses": [loss for loss, _ in steps], "norms": [norm for _, norm in steps],
                              "checkpoint_reads_back": reads_back(layout, f"{out}/{name}")}
     results["bytes"] = gathered_state_bytes(meshes()[0], data[0])
-    results["loads_full_tensors"] = loads_full_tensors(f"{out}/full")
     if rank == 0:
         (Path(out) / "results.json").write_text(json.dumps(results))
     dist.destroy_process_group()
@@ -199,15 +198,6 @@ def reads_back(layout, path: str, expected: Optional[dict] = None) -> bool:
     expected = ours if expected is None else expected
     same = whole.keys() == ours.keys() == expected.keys()
     return same and all(torch.equal(whole[k], ours[k]) and torch.equal(ours[k], expected[k]) for k in ours)
-
-
-def loads_full_tensors(path: str) -> bool:
-    """Whether a whole model's tensors (pretrained weights), written in by name, are what the layout then holds."""
-    source = GPT(CONFIG)
-    source.init_weights(SEED + 1)
-    model, layout, _ = reference_model(meshes()[0])
-    layout.load_full_tensors((name, source.state_dict()[name]) for name in layout.names())
-    return reads_back(layout, path, source.state_dict())
 
 
 def gathered_state_bytes(shard_mesh, batch: torch.Tensor) -> dict:
@@ -260,11 +250,6 @@ def test_reference_fsdp_trains_as_one_process(variant, trained):
 @pytest.mark.parametrize("variant", ["fsdp2", "fsdp4", "hsdp2x2-accum2", "fsdp_tp2x2-ac-accum2"])
 def test_a_reference_fsdp_checkpoint_loads_whole_in_one_process(variant, trained):
     assert trained(VARIANTS[variant].ranks)[variant]["checkpoint_reads_back"]
-
-
-@pytest.mark.multiprocess
-def test_reference_fsdp_loads_full_tensors_by_name(trained):
-    assert trained(2)["loads_full_tensors"]
 
 
 @pytest.mark.multiprocess

@@ -39,19 +39,6 @@ class FSDPLayout(Layout):
     def decays(self, param: nn.Parameter) -> bool:
         return self.flats[param].kind.startswith("matrices")
 
-    def names(self) -> list[str]:
-        """The full model's names of the parameters this layout holds (a tied weight's once)."""
-        return [entry.name for flat in self.flats.values() for entry in flat.entries]
-
-    @torch.no_grad()
-    def load_full_tensors(self, tensors) -> None:
-        """Write (name, full tensor) pairs (pretrained weights, one at a time) into this rank's shards,
-        as `GPT.load_full_tensors` does for the other layouts."""
-        where = {entry.name: (flat, entry) for flat in self.flats.values() for entry in flat.entries}
-        for name, full in tensors:
-            flat, entry = where[name]
-            flat.write(entry, self.inner.shard_of(name, full) if self.inner is not None else full)
-
     @torch.no_grad()
     def model_state(self) -> dict[str, torch.Tensor]:
         """Every parameter (each of a tied weight's names) as a DTensor of this rank's dim-0 chunk (see `_chunk`
